@@ -1,0 +1,462 @@
+//! Typed, validated configuration shared by every vswitch binary.
+//!
+//! - [`DaemonConfig`]: the `vswitchd` TOML file (state dir, control socket, workers, networks).
+//! - [`NetworkConfig`]: one isolation domain (an L2 segment with its subnet and gateway).
+//!
+//! Validation happens here, before anything is touched, and every error names the field.
+#![deny(unsafe_code)]
+
+mod mac;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub use ipnet::Ipv4Net;
+pub use mac::{MacAddr, MacParseError};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vswitch";
+pub const DEFAULT_SOCKET: &str = "/run/vswitch/vswitchd.sock";
+pub const DEFAULT_MTU: u16 = 1500;
+/// Smallest MTU an IPv4 network may use (RFC 791 minimum datagram a host must accept).
+pub const MIN_MTU: u16 = 576;
+/// Largest MTU a port may use; frames are bounded by the 64 KiB buffers behind them.
+pub const MAX_MTU: u16 = 9000;
+pub const MAX_WORKERS: usize = 64;
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// A configuration error; the message always names the offending field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is not valid TOML for vswitchd: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How pod interfaces of a network are attached to the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachKind {
+    /// A tap device moved into the pod; the daemon holds its fd (virtio-net header enabled).
+    #[default]
+    Tap,
+    /// A veth pair; the daemon reads/writes the host end through PACKET_MMAP rings.
+    AfPacket,
+}
+
+impl std::fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachKind::Tap => "tap",
+            AttachKind::AfPacket => "af_packet",
+        })
+    }
+}
+
+impl std::str::FromStr for AttachKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tap" => Ok(AttachKind::Tap),
+            "af_packet" | "af-packet" | "afpacket" => Ok(AttachKind::AfPacket),
+            _ => Err(ConfigError::invalid(
+                "attach",
+                format!("{s:?} is not one of \"tap\", \"af_packet\""),
+            )),
+        }
+    }
+}
+
+/// One network: an isolated L2 domain. CIDRs may overlap between networks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Unique name; also the isolation domain key.
+    pub name: String,
+    /// The network's IPv4 subnet, e.g. 192.168.1.0/24.
+    pub subnet: Ipv4Net,
+    /// Gateway IP the switch answers ARP and ping for. Default: first host of the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// MAC the switch uses for the gateway. Default: derived from the network name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_mac: Option<MacAddr>,
+    /// Port kind for pods of this network.
+    #[serde(default)]
+    pub attach: AttachKind,
+    /// MTU of pod interfaces.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+impl NetworkConfig {
+    pub fn new(name: &str, subnet: Ipv4Net) -> Self {
+        NetworkConfig {
+            name: name.to_string(),
+            subnet: subnet.trunc(),
+            gateway: None,
+            gateway_mac: None,
+            attach: AttachKind::Tap,
+            mtu: DEFAULT_MTU,
+        }
+    }
+
+    /// The gateway IP: configured, or the first host address of the subnet.
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        self.gateway
+            .unwrap_or_else(|| Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1)))
+    }
+
+    /// The gateway MAC: configured, or a locally administered MAC stable for the network name.
+    pub fn gateway_mac(&self) -> MacAddr {
+        self.gateway_mac
+            .unwrap_or_else(|| MacAddr::local_from_seed(fnv1a(self.name.as_bytes())))
+    }
+
+    /// Checks every field; `prefix` is prepended to field names (e.g. `network[2].`).
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        validate_name(&self.name).map_err(|r| ConfigError::invalid(f("name"), r))?;
+        if self.subnet != self.subnet.trunc() {
+            return Err(ConfigError::invalid(
+                f("subnet"),
+                format!(
+                    "{} has host bits set; did you mean {}?",
+                    self.subnet,
+                    self.subnet.trunc()
+                ),
+            ));
+        }
+        if self.subnet.prefix_len() > 30 {
+            return Err(ConfigError::invalid(
+                f("subnet"),
+                format!(
+                    "{} leaves no room for a gateway and pods (need /30 or larger)",
+                    self.subnet
+                ),
+            ));
+        }
+        let gw = self.gateway_ip();
+        if !is_host_of(self.subnet, gw) {
+            return Err(ConfigError::invalid(
+                f("gateway"),
+                format!("{gw} is not a host address of subnet {}", self.subnet),
+            ));
+        }
+        if let Some(mac) = self.gateway_mac {
+            if !mac.is_valid_unicast() {
+                return Err(ConfigError::invalid(
+                    f("gateway_mac"),
+                    format!("{mac} is not a unicast address"),
+                ));
+            }
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::invalid(
+                f("mtu"),
+                format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// True if `ip` is a usable host address of `net` (not the network or broadcast address).
+pub fn is_host_of(net: Ipv4Net, ip: Ipv4Addr) -> bool {
+    net.contains(&ip) && ip != net.network() && ip != net.broadcast()
+}
+
+/// Names of networks and ports: 1..=64 chars of `[A-Za-z0-9._-]`, not starting with `-` or `.`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("{name:?} must be 1 to 64 characters"));
+    }
+    if name.starts_with(['-', '.']) {
+        return Err(format!("{name:?} must not start with '-' or '.'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; allowed are letters, digits, '.', '_', '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Linux interface name rules: 1..=15 bytes, no '/', ':' or whitespace, not "." or "..".
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+        return Err(format!("{name:?} must be 1 to {MAX_IFNAME_LEN} bytes"));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free hash for deriving MACs and names.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The `vswitchd` configuration file (TOML). Every field has a default, so no file is needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Durable state (networks created at runtime).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Control socket (unix, mode 0600) used by vswitchctl and the CNI plugin.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Dataplane worker threads; ports are spread over them.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Seconds before a learned FDB entry expires.
+    #[serde(default = "default_fdb_aging")]
+    pub fdb_aging_secs: u64,
+    /// Networks defined at startup.
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkConfig>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_fdb_aging() -> u64 {
+    300
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: default_state_dir(),
+            socket: default_socket(),
+            workers: default_workers(),
+            fdb_aging_secs: default_fdb_aging(),
+            networks: Vec::new(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Parses and validates a TOML document; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            reason: e.to_string().trim().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!("{} is outside 1..={MAX_WORKERS}", self.workers),
+            ));
+        }
+        if self.fdb_aging_secs == 0 {
+            return Err(ConfigError::invalid("fdb_aging_secs", "must be at least 1"));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("socket", "must not be empty"));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("state_dir", "must not be empty"));
+        }
+        let mut names = HashSet::new();
+        for (i, n) in self.networks.iter().enumerate() {
+            n.validate(&format!("network[{i}]."))?;
+            if !names.insert(n.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("network[{i}].name"),
+                    format!("network {:?} is defined twice", n.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A route to install in a pod: destination and optional next hop (default: the network gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+}
+
+impl std::str::FromStr for RouteSpec {
+    type Err = String;
+    /// `CIDR`, `default`, `CIDR=GW` or `default=GW`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (dst, via) = match s.split_once('=') {
+            Some((d, v)) => (d, Some(v)),
+            None => (s, None),
+        };
+        let dst: Ipv4Net = if dst == "default" {
+            Ipv4Net::default()
+        } else {
+            dst.parse()
+                .map_err(|_| format!("route {s:?}: {dst:?} is not an IPv4 CIDR or \"default\""))?
+        };
+        let via = via
+            .map(|v| v.parse::<Ipv4Addr>())
+            .transpose()
+            .map_err(|_| format!("route {s:?}: next hop is not an IPv4 address"))?;
+        Ok(RouteSpec {
+            dst: dst.trunc(),
+            via,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        let c = DaemonConfig::from_toml_str("", "test").unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn overlapping_networks_are_fine() {
+        let t = r#"
+            workers = 2
+            [[network]]
+            name = "a"
+            subnet = "192.168.1.0/24"
+            [[network]]
+            name = "b"
+            subnet = "192.168.1.0/24"
+            attach = "af_packet"
+            gateway = "192.168.1.254"
+        "#;
+        let c = DaemonConfig::from_toml_str(t, "test").unwrap();
+        assert_eq!(c.networks.len(), 2);
+        assert_eq!(
+            c.networks[0].gateway_ip(),
+            "192.168.1.1".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(c.networks[1].attach, AttachKind::AfPacket);
+        assert_ne!(c.networks[0].gateway_mac(), c.networks[1].gateway_mac());
+    }
+
+    fn field_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dup = "[[network]]\nname='a'\nsubnet='10.0.0.0/24'\n[[network]]\nname='a'\nsubnet='10.0.1.0/24'";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(dup, "t").unwrap_err()),
+            "network[1].name"
+        );
+        let gw = "[[network]]\nname='a'\nsubnet='10.0.0.0/24'\ngateway='10.0.1.1'";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(gw, "t").unwrap_err()),
+            "network[0].gateway"
+        );
+        let hb = "[[network]]\nname='a'\nsubnet='10.0.0.5/24'";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(hb, "t").unwrap_err()),
+            "network[0].subnet"
+        );
+        let mtu = "[[network]]\nname='a'\nsubnet='10.0.0.0/24'\nmtu=100";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(mtu, "t").unwrap_err()),
+            "network[0].mtu"
+        );
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str("workers = 0", "t").unwrap_err()),
+            "workers"
+        );
+        let name = "[[network]]\nname='a b'\nsubnet='10.0.0.0/24'";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(name, "t").unwrap_err()),
+            "network[0].name"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_parse_errors_naming_the_key() {
+        let e = DaemonConfig::from_toml_str("wrokers = 2", "t").unwrap_err();
+        assert!(e.to_string().contains("wrokers"), "{e}");
+        let e = DaemonConfig::from_toml_str(
+            "[[network]]\nname='a'\nsubnet='10.0.0.0/24'\nattach='vhost'",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("vhost"), "{e}");
+    }
+
+    #[test]
+    fn routes_parse() {
+        let r: RouteSpec = "default".parse().unwrap();
+        assert_eq!(r.dst.prefix_len(), 0);
+        let r: RouteSpec = "10.9.0.0/16=192.168.1.254".parse().unwrap();
+        assert_eq!(r.via, Some("192.168.1.254".parse().unwrap()));
+        assert!("10.9.0.0/33".parse::<RouteSpec>().is_err());
+        assert!("10.9.0.0/16=x".parse::<RouteSpec>().is_err());
+    }
+
+    #[test]
+    fn ifnames() {
+        assert!(validate_ifname("eth1").is_ok());
+        assert!(validate_ifname("a-very-long-ifname").is_err());
+        assert!(validate_ifname("a/b").is_err());
+        assert!(validate_ifname("").is_err());
+    }
+}

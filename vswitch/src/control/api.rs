@@ -1,0 +1,209 @@
+//! The control-socket protocol: one JSON request per line, one JSON reply per line.
+//!
+//! Used by `vswitchctl` and the CNI plugin. A reply is either `{"ok": <data>}` or
+//! `{"error": {"kind": "...", "message": "..."}}`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use vswitch_config::{AttachKind, Ipv4Net, MacAddr, NetworkConfig, RouteSpec};
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness check; replies with the daemon version.
+    Ping,
+    NetworkList,
+    NetworkAdd {
+        network: NetworkConfig,
+    },
+    NetworkDel {
+        name: String,
+    },
+    PortAdd(PortAddRequest),
+    PortDel {
+        id: String,
+    },
+    PortList,
+    FdbShow {
+        network: String,
+    },
+    Stats,
+}
+
+/// Attach a pod interface to a network.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PortAddRequest {
+    /// Port id; default `<netns>:<ifname>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Pod network namespace: a name under /run/netns or a path (e.g. /proc/PID/ns/net).
+    pub netns: String,
+    pub network: String,
+    /// Interface name inside the pod (eth1, net1, ...).
+    pub ifname: String,
+    /// Default: a random locally administered MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Pod IPs, each inside the network's subnet.
+    #[serde(default)]
+    pub ips: Vec<Ipv4Addr>,
+    /// Routes to install in the pod (next hop defaults to the network gateway).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// What kind of failure a request met; stable strings for scripts and the CNI plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    InvalidConfig,
+    UnknownNetwork,
+    NetworkExists,
+    NetworkInUse,
+    UnknownPort,
+    PortExists,
+    AddressConflict,
+    NetnsNotFound,
+    System,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(serde_json::Value),
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub gateway_mac: MacAddr,
+    pub attach: AttachKind,
+    pub mtu: u16,
+    pub ports: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub id: String,
+    pub network: String,
+    pub netns: String,
+    pub ifname: String,
+    /// Name of the device the daemon holds: the tap (inside the pod) or the host veth end.
+    pub host_ifname: String,
+    pub attach: AttachKind,
+    pub mac: MacAddr,
+    pub ips: Vec<Ipv4Addr>,
+    pub mtu: u16,
+    pub worker: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdbEntryKind {
+    /// Known from port configuration; never ages out, never moved by learning.
+    Static,
+    /// Learned from traffic; ages out.
+    Learned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbEntryInfo {
+    pub mac: MacAddr,
+    /// Port id, or `gateway` for the switch's own gateway MAC.
+    pub port: String,
+    pub kind: FdbEntryKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<Ipv4Addr>,
+    /// Seconds since last seen (learned entries only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub id: String,
+    pub network: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames received on this port and dropped (any reason).
+    pub rx_dropped: u64,
+    /// Frames that could not be written to this port (ring full, device gone).
+    pub tx_errors: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub ports: Vec<PortStats>,
+    /// Drops by reason, over the daemon's lifetime (every reason listed, zero or not).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Client error: transport or daemon-side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to vswitchd at {path}: {source} (is vswitchd running? set --socket)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad reply from vswitchd: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+/// Sends one request and waits for its reply.
+pub fn call<T: DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    match serde_json::from_str::<Reply>(&reply)? {
+        Reply::Ok(v) => Ok(serde_json::from_value(v)?),
+        Reply::Error(e) => Err(ClientError::Api(e)),
+    }
+}
