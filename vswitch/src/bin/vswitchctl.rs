@@ -1,1 +1,369 @@
-fn main() {}
+//! vswitchctl: operator CLI for vswitchd. Tables for people, `--json` for scripts.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vswitch::control::api::{
+    self, ClientError, FdbEntryInfo, NetworkInfo, PortAddRequest, PortInfo, Request, StatsReply,
+};
+use vswitch_config::{AttachKind, Ipv4Net, MacAddr, NetworkConfig, RouteSpec, DEFAULT_SOCKET};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Control a running vswitchd")]
+struct Cli {
+    /// vswitchd control socket.
+    #[arg(long, global = true, env = "VSWITCH_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check that the daemon answers; print its version.
+    Status,
+    /// Networks (isolated L2 domains).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Pod ports.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Forwarding database.
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// Per-port counters and drops by reason.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// List networks.
+    List,
+    /// Add a network (kept in the state dir across restarts).
+    Add {
+        name: String,
+        /// IPv4 subnet, e.g. 192.168.1.0/24.
+        #[arg(long)]
+        subnet: Ipv4Net,
+        /// Gateway IP the switch answers ARP and ping for (default: first host).
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// Gateway MAC (default: derived from the name).
+        #[arg(long)]
+        gateway_mac: Option<MacAddr>,
+        /// Port kind for pods: tap or af_packet.
+        #[arg(long, default_value = "tap")]
+        attach: AttachKind,
+        /// MTU of pod interfaces.
+        #[arg(long, default_value_t = vswitch_config::DEFAULT_MTU)]
+        mtu: u16,
+    },
+    /// Delete a network that has no ports.
+    Del { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum PortCmd {
+    /// Attach a pod: create its interface in NETNS, configured and up.
+    Add {
+        /// Pod network namespace: a name under /run/netns, or a path such as /proc/PID/ns/net.
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        network: String,
+        /// Interface name inside the pod (eth1, net1, ...).
+        #[arg(long)]
+        ifname: String,
+        /// Port id (default NETNS:IFNAME).
+        #[arg(long)]
+        id: Option<String>,
+        /// MAC address (default: random, locally administered).
+        #[arg(long)]
+        mac: Option<MacAddr>,
+        /// Pod IP inside the network's subnet (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<Ipv4Addr>,
+        /// Route to install: CIDR or `default`, optionally `=NEXTHOP` (default: the gateway). Repeatable.
+        #[arg(long = "route")]
+        routes: Vec<RouteSpec>,
+    },
+    /// Detach a pod: remove its interface and FDB entries.
+    Del { id: String },
+    /// List ports.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum FdbCmd {
+    /// Show a network's forwarding database.
+    Show { network: String },
+}
+
+fn call<T: DeserializeOwned>(cli: &Cli, req: Request) -> Result<T, ClientError> {
+    api::call(&cli.socket, &req, Duration::from_secs(30))
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn join_ips(ips: &[Ipv4Addr]) -> String {
+    if ips.is_empty() {
+        "-".into()
+    } else {
+        ips.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), ClientError> {
+    match &cli.cmd {
+        Cmd::Status => {
+            let v: serde_json::Value = call(cli, Request::Ping)?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "vswitchd {} is running ({})",
+                    v["version"].as_str().unwrap_or("?"),
+                    cli.socket.display()
+                );
+            }
+        }
+        Cmd::Network(NetworkCmd::List) => {
+            let nets: Vec<NetworkInfo> = call(cli, Request::NetworkList)?;
+            if cli.json {
+                print_json(&nets);
+                return Ok(());
+            }
+            table(
+                &[
+                    "NETWORK",
+                    "SUBNET",
+                    "GATEWAY",
+                    "GATEWAY MAC",
+                    "ATTACH",
+                    "MTU",
+                    "PORTS",
+                ],
+                nets.iter()
+                    .map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.subnet.to_string(),
+                            n.gateway.to_string(),
+                            n.gateway_mac.to_string(),
+                            n.attach.to_string(),
+                            n.mtu.to_string(),
+                            n.ports.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Network(NetworkCmd::Add {
+            name,
+            subnet,
+            gateway,
+            gateway_mac,
+            attach,
+            mtu,
+        }) => {
+            let network = NetworkConfig {
+                name: name.clone(),
+                subnet: *subnet,
+                gateway: *gateway,
+                gateway_mac: *gateway_mac,
+                attach: *attach,
+                mtu: *mtu,
+            };
+            let n: NetworkInfo = call(cli, Request::NetworkAdd { network })?;
+            if cli.json {
+                print_json(&n);
+            } else {
+                println!("{}", n.name);
+            }
+        }
+        Cmd::Network(NetworkCmd::Del { name }) => {
+            let _: serde_json::Value = call(cli, Request::NetworkDel { name: name.clone() })?;
+        }
+        Cmd::Port(PortCmd::Add {
+            netns,
+            network,
+            ifname,
+            id,
+            mac,
+            ips,
+            routes,
+        }) => {
+            let req = PortAddRequest {
+                id: id.clone(),
+                netns: netns.clone(),
+                network: network.clone(),
+                ifname: ifname.clone(),
+                mac: *mac,
+                ips: ips.clone(),
+                routes: routes.clone(),
+            };
+            let p: PortInfo = call(cli, Request::PortAdd(req))?;
+            if cli.json {
+                print_json(&p);
+            } else {
+                println!("{}", p.id);
+            }
+        }
+        Cmd::Port(PortCmd::Del { id }) => {
+            let _: serde_json::Value = call(cli, Request::PortDel { id: id.clone() })?;
+        }
+        Cmd::Port(PortCmd::List) => {
+            let ports: Vec<PortInfo> = call(cli, Request::PortList)?;
+            if cli.json {
+                print_json(&ports);
+                return Ok(());
+            }
+            table(
+                &[
+                    "PORT", "NETWORK", "NETNS", "IFNAME", "ATTACH", "DEVICE", "MAC", "IPS", "MTU",
+                    "WORKER",
+                ],
+                ports
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.clone(),
+                            p.network.clone(),
+                            p.netns.clone(),
+                            p.ifname.clone(),
+                            p.attach.to_string(),
+                            p.host_ifname.clone(),
+                            p.mac.to_string(),
+                            join_ips(&p.ips),
+                            p.mtu.to_string(),
+                            p.worker.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Fdb(FdbCmd::Show { network }) => {
+            let rows: Vec<FdbEntryInfo> = call(
+                cli,
+                Request::FdbShow {
+                    network: network.clone(),
+                },
+            )?;
+            if cli.json {
+                print_json(&rows);
+                return Ok(());
+            }
+            println!("network {network}");
+            table(
+                &["MAC", "PORT", "TYPE", "IPS", "AGE"],
+                rows.iter()
+                    .map(|r| {
+                        vec![
+                            r.mac.to_string(),
+                            r.port.clone(),
+                            format!("{:?}", r.kind).to_lowercase(),
+                            join_ips(&r.ips),
+                            r.age_secs.map_or("-".into(), |a| format!("{a}s")),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Stats => {
+            let s: StatsReply = call(cli, Request::Stats)?;
+            if cli.json {
+                print_json(&s);
+                return Ok(());
+            }
+            table(
+                &[
+                    "PORT",
+                    "NETWORK",
+                    "RX PKTS",
+                    "RX BYTES",
+                    "TX PKTS",
+                    "TX BYTES",
+                    "RX DROPPED",
+                    "TX ERRORS",
+                ],
+                s.ports
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.clone(),
+                            p.network.clone(),
+                            p.rx_packets.to_string(),
+                            p.rx_bytes.to_string(),
+                            p.tx_packets.to_string(),
+                            p.tx_bytes.to_string(),
+                            p.rx_dropped.to_string(),
+                            p.tx_errors.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            println!();
+            table(
+                &["DROP REASON", "PACKETS"],
+                s.drops
+                    .iter()
+                    .map(|(k, v)| vec![k.clone(), v.to_string()])
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError::Api(e)) => {
+            let kind = serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            eprintln!("vswitchctl: {kind}: {}", e.message);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vswitchctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

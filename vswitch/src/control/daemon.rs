@@ -1,0 +1,654 @@
+//! The daemon's state: networks (domains), ports and workers, and every API operation on them.
+//!
+//! Each operation validates everything before it touches anything, and undoes what it did if a
+//! later step fails, so a failed request leaves no interface, table entry or file behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+use vswitch_config::{
+    is_host_of, validate_ifname, validate_name, DaemonConfig, MacAddr, NetworkConfig,
+};
+
+use super::api::{
+    ApiError, ErrorKind, FdbEntryInfo, FdbEntryKind, NetworkInfo, PortAddRequest, PortInfo,
+    PortStats, Request, StatsReply,
+};
+use super::netconf::{self, PodIfConfig};
+use crate::dataplane::fdb::{EntryKind, PortIdx};
+use crate::dataplane::pipeline::{DomainConf, DomainIdx, PortConf};
+use crate::dataplane::worker::{self, Command, PortIo, WorkerHandle};
+use crate::dataplane::{DropCounters, PortCounters};
+use crate::sys::packet::PacketSocket;
+use crate::sys::tap::Tap;
+
+const NETWORKS_FILE: &str = "networks.json";
+
+struct Network {
+    conf: NetworkConfig,
+    idx: DomainIdx,
+    /// Added through the API (persisted in the state dir) rather than the config file.
+    runtime: bool,
+}
+
+struct Port {
+    info: PortInfo,
+    idx: PortIdx,
+    netns: PathBuf,
+    counters: Arc<PortCounters>,
+    /// Keeps the device open; dropping the last reference closes it (a tap then disappears).
+    io: Option<Arc<PortIo>>,
+}
+
+pub struct Daemon {
+    cfg: DaemonConfig,
+    networks: BTreeMap<String, Network>,
+    ports: BTreeMap<String, Port>,
+    workers: Vec<WorkerHandle>,
+    drops: Arc<DropCounters>,
+    free_domains: BTreeSet<DomainIdx>,
+    next_domain: DomainIdx,
+    free_ports: BTreeSet<PortIdx>,
+    next_port: PortIdx,
+    link_counter: u32,
+}
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
+    ApiError::new(kind, msg)
+}
+
+fn sys_err(what: &str, e: impl std::fmt::Display) -> ApiError {
+    err(ErrorKind::System, format!("{what}: {e}"))
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| sys_err("encode reply", e))
+}
+
+fn random_mac() -> MacAddr {
+    let mut b = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        return MacAddr::local_from_seed(t ^ u64::from(std::process::id()));
+    }
+    b[0] = (b[0] & 0xfe) | 0x02;
+    MacAddr(b)
+}
+
+impl Daemon {
+    /// Starts the workers and loads networks from the config and the state dir.
+    pub fn start(cfg: DaemonConfig) -> anyhow::Result<Daemon> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
+        let drops = Arc::new(DropCounters::default());
+        let mut workers = Vec::new();
+        for id in 0..cfg.workers {
+            workers.push(
+                worker::spawn(id, cfg.fdb_aging_secs, drops.clone()).context("start worker")?,
+            );
+        }
+        let mut d = Daemon {
+            cfg: cfg.clone(),
+            networks: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            workers,
+            drops,
+            free_domains: BTreeSet::new(),
+            next_domain: 0,
+            free_ports: BTreeSet::new(),
+            next_port: 0,
+            link_counter: 0,
+        };
+        for n in cfg.networks {
+            d.install_network(n, false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for n in load_networks(&cfg.state_dir)? {
+            if d.networks.contains_key(&n.name) {
+                tracing::warn!(network = %n.name, "network in {NETWORKS_FILE} is also in the config file; using the config file's");
+                continue;
+            }
+            d.install_network(n, true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(d)
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.cfg.socket
+    }
+
+    /// Removes every port (so no veth is left behind) and stops the workers.
+    pub fn shutdown(&mut self) {
+        let ids: Vec<String> = self.ports.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.port_del(&id) {
+                tracing::warn!(port = %id, "removing port at shutdown: {e}");
+            }
+        }
+        for w in std::mem::take(&mut self.workers) {
+            w.shutdown();
+        }
+    }
+
+    pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        match req {
+            Request::Ping => to_value(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+            Request::NetworkList => to_value(self.network_list()),
+            Request::NetworkAdd { network } => {
+                network
+                    .validate("")
+                    .map_err(|e| err(ErrorKind::InvalidConfig, e.to_string()))?;
+                if self.networks.contains_key(&network.name) {
+                    return Err(err(
+                        ErrorKind::NetworkExists,
+                        format!("network {:?} already exists", network.name),
+                    ));
+                }
+                let name = network.name.clone();
+                self.install_network(network, true)?;
+                if let Err(e) = self.persist_networks() {
+                    self.remove_network(&name);
+                    return Err(e);
+                }
+                tracing::info!(network = %name, "network added");
+                to_value(self.network_info(&self.networks[&name]))
+            }
+            Request::NetworkDel { name } => {
+                let n = self.networks.get(&name).ok_or_else(|| {
+                    err(
+                        ErrorKind::UnknownNetwork,
+                        format!("unknown network {name:?}"),
+                    )
+                })?;
+                let users = self
+                    .ports
+                    .values()
+                    .filter(|p| p.info.network == name)
+                    .count();
+                if users > 0 {
+                    return Err(err(
+                        ErrorKind::NetworkInUse,
+                        format!("network {name:?} still has {users} port(s)"),
+                    ));
+                }
+                let runtime = n.runtime;
+                let removed = self.remove_network(&name);
+                if runtime {
+                    if let Err(e) = self.persist_networks() {
+                        if let Some(n) = removed {
+                            let _ = self.install_network(n.conf, true);
+                        }
+                        return Err(e);
+                    }
+                }
+                tracing::info!(network = %name, "network removed");
+                to_value(serde_json::json!({}))
+            }
+            Request::PortAdd(r) => {
+                let info = self.port_add(r)?;
+                to_value(info)
+            }
+            Request::PortDel { id } => {
+                self.port_del(&id)?;
+                to_value(serde_json::json!({}))
+            }
+            Request::PortList => to_value(
+                self.ports
+                    .values()
+                    .map(|p| p.info.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            Request::FdbShow { network } => to_value(self.fdb_show(&network)?),
+            Request::Stats => to_value(self.stats()),
+        }
+    }
+
+    fn network_info(&self, n: &Network) -> NetworkInfo {
+        NetworkInfo {
+            name: n.conf.name.clone(),
+            subnet: n.conf.subnet,
+            gateway: n.conf.gateway_ip(),
+            gateway_mac: n.conf.gateway_mac(),
+            attach: n.conf.attach,
+            mtu: n.conf.mtu,
+            ports: self
+                .ports
+                .values()
+                .filter(|p| p.info.network == n.conf.name)
+                .count(),
+        }
+    }
+
+    fn network_list(&self) -> Vec<NetworkInfo> {
+        self.networks
+            .values()
+            .map(|n| self.network_info(n))
+            .collect()
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Command) -> Result<(), ApiError> {
+        for w in &self.workers {
+            w.call(make()).map_err(|e| sys_err("update worker", e))?;
+        }
+        Ok(())
+    }
+
+    fn install_network(&mut self, conf: NetworkConfig, runtime: bool) -> Result<(), ApiError> {
+        let idx = self.free_domains.pop_first().unwrap_or_else(|| {
+            self.next_domain += 1;
+            self.next_domain - 1
+        });
+        let dc = DomainConf {
+            gateway_ip: conf.gateway_ip(),
+            gateway_mac: conf.gateway_mac(),
+        };
+        if let Err(e) = self.broadcast(|| Command::AddDomain { idx, conf: dc }) {
+            let _ = self.broadcast(|| Command::RemoveDomain { idx });
+            self.free_domains.insert(idx);
+            return Err(e);
+        }
+        self.networks
+            .insert(conf.name.clone(), Network { conf, idx, runtime });
+        Ok(())
+    }
+
+    fn remove_network(&mut self, name: &str) -> Option<Network> {
+        let n = self.networks.remove(name)?;
+        let idx = n.idx;
+        let _ = self.broadcast(|| Command::RemoveDomain { idx });
+        self.free_domains.insert(idx);
+        Some(n)
+    }
+
+    fn persist_networks(&self) -> Result<(), ApiError> {
+        let runtime: Vec<&NetworkConfig> = self
+            .networks
+            .values()
+            .filter(|n| n.runtime)
+            .map(|n| &n.conf)
+            .collect();
+        let path = self.cfg.state_dir.join(NETWORKS_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let text =
+            serde_json::to_string_pretty(&runtime).map_err(|e| sys_err("encode networks", e))?;
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| sys_err(&format!("write {}", path.display()), e))
+    }
+
+    fn next_link_name(&mut self, kind: &str) -> String {
+        self.link_counter = self.link_counter.wrapping_add(1);
+        format!(
+            "{kind}{:04x}{:06x}",
+            std::process::id() & 0xffff,
+            self.link_counter & 0xff_ffff
+        )
+    }
+
+    fn validate_port(&self, r: &PortAddRequest, id: &str) -> Result<MacAddr, ApiError> {
+        let bad = |m: String| err(ErrorKind::BadRequest, m);
+        validate_ifname(&r.ifname).map_err(|m| bad(format!("ifname: {m}")))?;
+        validate_name(&r.network).map_err(|m| bad(format!("network: {m}")))?;
+        if r.netns.is_empty() {
+            return Err(bad("netns: must not be empty".into()));
+        }
+        if self.ports.contains_key(id) {
+            return Err(err(
+                ErrorKind::PortExists,
+                format!("port {id:?} already exists"),
+            ));
+        }
+        let net = self.networks.get(&r.network).ok_or_else(|| {
+            err(
+                ErrorKind::UnknownNetwork,
+                format!("unknown network {:?}", r.network),
+            )
+        })?;
+        let subnet = net.conf.subnet;
+        let gw = net.conf.gateway_ip();
+        let peers: Vec<&Port> = self
+            .ports
+            .values()
+            .filter(|p| p.info.network == r.network)
+            .collect();
+        let mut seen = BTreeSet::new();
+        for ip in &r.ips {
+            if !is_host_of(subnet, *ip) {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!(
+                        "ip {ip} is not a host address in subnet {subnet} of network {:?}",
+                        r.network
+                    ),
+                ));
+            }
+            if *ip == gw {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!("ip {ip} is the gateway of network {:?}", r.network),
+                ));
+            }
+            if !seen.insert(*ip) {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!("ip {ip} is requested twice"),
+                ));
+            }
+            if let Some(p) = peers.iter().find(|p| p.info.ips.contains(ip)) {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!(
+                        "ip {ip} is already used by port {:?} in network {:?}",
+                        p.info.id, r.network
+                    ),
+                ));
+            }
+        }
+        for rt in &r.routes {
+            if let Some(via) = rt.via {
+                if !is_host_of(subnet, via) {
+                    return Err(bad(format!(
+                        "route {}: next hop {via} is not in subnet {subnet}",
+                        rt.dst
+                    )));
+                }
+            }
+        }
+        let mac = match r.mac {
+            Some(m) => {
+                if !m.is_valid_unicast() {
+                    return Err(bad(format!("mac: {m} is not a unicast address")));
+                }
+                if m == net.conf.gateway_mac() || peers.iter().any(|p| p.info.mac == m) {
+                    return Err(err(
+                        ErrorKind::AddressConflict,
+                        format!("mac {m} is already used in network {:?}", r.network),
+                    ));
+                }
+                m
+            }
+            None => loop {
+                let m = random_mac();
+                if m != net.conf.gateway_mac() && !peers.iter().any(|p| p.info.mac == m) {
+                    break m;
+                }
+            },
+        };
+        let ns = netconf::netns_path(&r.netns);
+        if !ns.exists() {
+            return Err(err(
+                ErrorKind::NetnsNotFound,
+                format!(
+                    "netns {:?} not found ({} does not exist)",
+                    r.netns,
+                    ns.display()
+                ),
+            ));
+        }
+        if netconf::link_exists_in(&ns, &r.ifname) {
+            return Err(err(
+                ErrorKind::PortExists,
+                format!(
+                    "interface {:?} already exists in netns {:?}",
+                    r.ifname, r.netns
+                ),
+            ));
+        }
+        Ok(mac)
+    }
+
+    fn port_add(&mut self, r: PortAddRequest) -> Result<PortInfo, ApiError> {
+        let id =
+            r.id.clone()
+                .unwrap_or_else(|| format!("{}:{}", r.netns, r.ifname));
+        validate_name(&id.replace([':', '/'], "_"))
+            .map_err(|m| err(ErrorKind::BadRequest, format!("id: {m}")))?;
+        let mac = self.validate_port(&r, &id)?;
+        let net = &self.networks[&r.network];
+        let (conf, domain) = (net.conf.clone(), net.idx);
+        let ns = netconf::netns_path(&r.netns);
+
+        fn pod_if<'a>(
+            tmp: &'a str,
+            r: &'a PortAddRequest,
+            mac: MacAddr,
+            conf: &'a NetworkConfig,
+        ) -> PodIfConfig<'a> {
+            PodIfConfig {
+                tmp_name: tmp,
+                ifname: &r.ifname,
+                mac,
+                mtu: conf.mtu,
+                subnet: conf.subnet,
+                ips: &r.ips,
+                gateway: conf.gateway_ip(),
+                routes: &r.routes,
+            }
+        }
+        // Create the device and configure the pod side; on failure undo and report.
+        let (io, host_ifname) = match conf.attach {
+            vswitch_config::AttachKind::Tap => {
+                let tmp = self.next_link_name("vst");
+                let tap = Tap::create(&tmp).map_err(|e| sys_err("create tap", e))?;
+                if let Err(e) = netconf::move_and_configure(&ns, &pod_if(&tmp, &r, mac, &conf)) {
+                    drop(tap); // closing the fd removes the tap wherever it is
+                    return Err(sys_err("configure pod interface", e));
+                }
+                (PortIo::Tap(tap), r.ifname.clone())
+            }
+            vswitch_config::AttachKind::AfPacket => {
+                let host = self.next_link_name("vsh");
+                let peer = self.next_link_name("vsp");
+                netconf::create_host_veth(&host, &peer, conf.mtu)
+                    .map_err(|e| sys_err("create veth", e))?;
+                let opened = netconf::move_and_configure(&ns, &pod_if(&peer, &r, mac, &conf))
+                    .map_err(|e| sys_err("configure pod interface", e))
+                    .and_then(|_| {
+                        crate::sys::if_index(&host).map_err(|e| sys_err("find host veth", e))
+                    })
+                    .and_then(|i| {
+                        PacketSocket::open(i).map_err(|e| sys_err("open AF_PACKET ring", e))
+                    });
+                match opened {
+                    Ok(s) => (PortIo::AfPacket(s), host),
+                    Err(e) => {
+                        netconf::delete_link(&host);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let io = Arc::new(io);
+        let idx = self.free_ports.pop_first().unwrap_or_else(|| {
+            self.next_port += 1;
+            self.next_port - 1
+        });
+        let owner = self.least_loaded_worker();
+        let counters = Arc::new(PortCounters::default());
+        let pconf = PortConf {
+            domain,
+            mac,
+            ips: r.ips.clone(),
+            max_frame: usize::from(conf.mtu) + crate::packet::ethernet::HEADER_LEN,
+        };
+        let mut installed = Ok(());
+        for w in &self.workers {
+            installed = w.call(Command::AddPort {
+                idx,
+                conf: pconf.clone(),
+                io: io.clone(),
+                counters: counters.clone(),
+                poll: w.id == owner,
+            });
+            if installed.is_err() {
+                break;
+            }
+        }
+        let info = PortInfo {
+            id: id.clone(),
+            network: r.network.clone(),
+            netns: r.netns.clone(),
+            ifname: r.ifname.clone(),
+            host_ifname,
+            attach: conf.attach,
+            mac,
+            ips: r.ips.clone(),
+            mtu: conf.mtu,
+            worker: owner,
+        };
+        let port = Port {
+            info: info.clone(),
+            idx,
+            netns: ns,
+            counters,
+            io: Some(io),
+        };
+        if let Err(e) = installed {
+            self.ports.insert(id.clone(), port);
+            let _ = self.port_del(&id);
+            return Err(sys_err("install port", e));
+        }
+        tracing::info!(port = %id, network = %r.network, attach = %conf.attach, %mac, ips = ?r.ips, "port added");
+        self.ports.insert(id, port);
+        Ok(info)
+    }
+
+    fn least_loaded_worker(&self) -> usize {
+        (0..self.workers.len())
+            .min_by_key(|w| self.ports.values().filter(|p| p.info.worker == *w).count())
+            .unwrap_or(0)
+    }
+
+    fn port_del(&mut self, id: &str) -> Result<(), ApiError> {
+        let mut p = self
+            .ports
+            .remove(id)
+            .ok_or_else(|| err(ErrorKind::UnknownPort, format!("unknown port {id:?}")))?;
+        let idx = p.idx;
+        // Workers first (they drop their references), then the device.
+        let res = self.broadcast(|| Command::RemovePort { idx });
+        drop(p.io.take());
+        match p.info.attach {
+            vswitch_config::AttachKind::Tap => {}
+            vswitch_config::AttachKind::AfPacket => {
+                netconf::delete_link(&p.info.host_ifname);
+                netconf::delete_link_in(&p.netns, &p.info.ifname);
+            }
+        }
+        self.free_ports.insert(idx);
+        tracing::info!(port = %id, "port removed");
+        res
+    }
+
+    fn fdb_show(&self, network: &str) -> Result<Vec<FdbEntryInfo>, ApiError> {
+        let n = self.networks.get(network).ok_or_else(|| {
+            err(
+                ErrorKind::UnknownNetwork,
+                format!("unknown network {network:?}"),
+            )
+        })?;
+        let by_idx: BTreeMap<PortIdx, &Port> = self.ports.values().map(|p| (p.idx, p)).collect();
+        let mut rows: BTreeMap<MacAddr, FdbEntryInfo> = BTreeMap::new();
+        rows.insert(
+            n.conf.gateway_mac(),
+            FdbEntryInfo {
+                mac: n.conf.gateway_mac(),
+                port: "gateway".into(),
+                kind: FdbEntryKind::Static,
+                ips: vec![n.conf.gateway_ip()],
+                age_secs: None,
+            },
+        );
+        for w in &self.workers {
+            let (tx, rx) = std::sync::mpsc::channel();
+            w.call(Command::DumpFdb {
+                domain: n.idx,
+                reply: tx,
+            })
+            .map_err(|e| sys_err("read FDB", e))?;
+            for r in rx.try_iter().flatten() {
+                let Some(port) = by_idx.get(&r.port) else {
+                    continue;
+                };
+                let (kind, age) = match r.kind {
+                    EntryKind::Static => (FdbEntryKind::Static, None),
+                    EntryKind::Learned => (FdbEntryKind::Learned, Some(r.age_secs)),
+                };
+                let row = FdbEntryInfo {
+                    mac: r.mac,
+                    port: port.info.id.clone(),
+                    kind,
+                    ips: if kind == FdbEntryKind::Static {
+                        port.info.ips.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    age_secs: age,
+                };
+                rows.entry(r.mac)
+                    .and_modify(|e| {
+                        if let (Some(a), Some(b)) = (e.age_secs, row.age_secs) {
+                            e.age_secs = Some(a.min(b));
+                        }
+                    })
+                    .or_insert(row);
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    fn stats(&self) -> StatsReply {
+        let ports = self
+            .ports
+            .values()
+            .map(|p| {
+                let c = &p.counters;
+                PortStats {
+                    id: p.info.id.clone(),
+                    network: p.info.network.clone(),
+                    rx_packets: c.rx_packets.load(Ordering::Relaxed),
+                    rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+                    tx_packets: c.tx_packets.load(Ordering::Relaxed),
+                    tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+                    rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
+                    tx_errors: c.tx_errors.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let drops = self
+            .drops
+            .snapshot()
+            .into_iter()
+            .map(|(r, n)| (r.name().to_string(), n))
+            .collect();
+        StatsReply { ports, drops }
+    }
+}
+
+fn load_networks(state_dir: &Path) -> anyhow::Result<Vec<NetworkConfig>> {
+    use anyhow::Context;
+    let path = state_dir.join(NETWORKS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let nets: Vec<NetworkConfig> =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    for (i, n) in nets.iter().enumerate() {
+        n.validate(&format!("{}[{i}].", path.display()))?;
+    }
+    Ok(nets)
+}

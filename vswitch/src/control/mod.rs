@@ -1,0 +1,7 @@
+//! The control plane: the API served on the control socket, the daemon state behind it, and the
+//! interface plumbing it drives.
+
+pub mod api;
+pub mod daemon;
+pub mod netconf;
+pub mod server;

@@ -1,0 +1,146 @@
+//! Interface plumbing for ports: create veths, move links into pod namespaces, set names,
+//! MACs, MTUs, addresses and routes. Done with iproute2 (`ip`) and `nsenter`, run as child
+//! processes: the daemon's own threads never change namespace (netavark's rule: never `setns` on
+//! a shared thread), and every step's failure is reported with the command that failed.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vswitch_config::{Ipv4Net, MacAddr, RouteSpec};
+
+/// A failed plumbing step.
+#[derive(Debug, thiserror::Error)]
+pub enum NetconfError {
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a pod's network namespace lives: a name under /run/netns, or a path.
+pub fn netns_path(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String, NetconfError> {
+    let text = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|source| NetconfError::Spawn {
+        cmd: text.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(NetconfError::Command {
+            cmd: text,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip ARGS` in the daemon's namespace.
+pub fn ip(args: &[&str]) -> Result<String, NetconfError> {
+    run(Command::new("ip").args(args))
+}
+
+/// `ip ARGS` inside the namespace at `netns`.
+pub fn ip_in(netns: &Path, args: &[&str]) -> Result<String, NetconfError> {
+    let mut net = std::ffi::OsString::from("--net=");
+    net.push(netns);
+    run(Command::new("nsenter")
+        .arg(net)
+        .arg("--")
+        .arg("ip")
+        .args(args))
+}
+
+/// True if `ifname` exists in the namespace at `netns`.
+pub fn link_exists_in(netns: &Path, ifname: &str) -> bool {
+    ip_in(netns, &["link", "show", "dev", ifname]).is_ok()
+}
+
+/// Writes a sysctl of the daemon's namespace, e.g. `net/ipv6/conf/X/disable_ipv6`.
+pub fn sysctl(key: &str, value: &str) -> Result<(), NetconfError> {
+    let path = format!("/proc/sys/{key}");
+    std::fs::write(&path, value).map_err(|source| NetconfError::Sysctl { path, source })
+}
+
+/// How a pod interface is set up once it is inside the pod namespace.
+pub struct PodIfConfig<'a> {
+    pub tmp_name: &'a str,
+    pub ifname: &'a str,
+    pub mac: MacAddr,
+    pub mtu: u16,
+    pub subnet: Ipv4Net,
+    pub ips: &'a [Ipv4Addr],
+    pub gateway: Ipv4Addr,
+    pub routes: &'a [RouteSpec],
+}
+
+/// Moves link `tmp_name` (in the daemon's namespace) into `netns` and configures it there.
+pub fn move_and_configure(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
+    let ns = netns.to_string_lossy();
+    ip(&["link", "set", "dev", c.tmp_name, "netns", &ns])?;
+    let mac = c.mac.to_string();
+    let mtu = c.mtu.to_string();
+    ip_in(
+        netns,
+        &[
+            "link", "set", "dev", c.tmp_name, "name", c.ifname, "address", &mac, "mtu", &mtu,
+        ],
+    )?;
+    for a in c.ips {
+        let cidr = format!("{a}/{}", c.subnet.prefix_len());
+        ip_in(netns, &["addr", "add", &cidr, "dev", c.ifname])?;
+    }
+    ip_in(netns, &["link", "set", "dev", c.ifname, "up"])?;
+    for r in c.routes {
+        let dst = r.dst.to_string();
+        let via = r.via.unwrap_or(c.gateway).to_string();
+        ip_in(netns, &["route", "add", &dst, "via", &via, "dev", c.ifname])?;
+    }
+    Ok(())
+}
+
+/// Deletes `ifname` inside `netns`, ignoring "not found" (used for rollback and port removal).
+pub fn delete_link_in(netns: &Path, ifname: &str) {
+    let _ = ip_in(netns, &["link", "del", "dev", ifname]);
+}
+
+/// Creates a veth pair in the daemon's namespace and prepares the host end so the node's own
+/// stack never acts on pod frames: no IPv6 (no autoconf, no link-local), no ARP replies
+/// (IFF_NOARP), strict reverse-path filtering (pod sources are never routable via it).
+pub fn create_host_veth(host: &str, peer: &str, mtu: u16) -> Result<(), NetconfError> {
+    let mtu = mtu.to_string();
+    ip(&[
+        "link", "add", host, "mtu", &mtu, "type", "veth", "peer", "name", peer, "mtu", &mtu,
+    ])?;
+    let prepared = (|| {
+        sysctl(&format!("net/ipv6/conf/{host}/disable_ipv6"), "1")?;
+        sysctl(&format!("net/ipv4/conf/{host}/rp_filter"), "1")?;
+        ip(&["link", "set", "dev", host, "arp", "off", "up"])?;
+        Ok(())
+    })();
+    if prepared.is_err() {
+        let _ = ip(&["link", "del", "dev", host]);
+    }
+    prepared
+}
+
+pub fn delete_link(name: &str) {
+    let _ = ip(&["link", "del", "dev", name]);
+}

@@ -1,0 +1,11 @@
+//! The packet path, top to bottom: [`pool`] (buffers) → [`pipeline`] (parse, ingress checks,
+//! ARP/ICMP answers, FDB forwarding, all pure and testable without root) → [`worker`] (rx/tx
+//! batches over taps and AF_PACKET rings, one thread each). [`counters`] names every drop.
+
+pub mod counters;
+pub mod fdb;
+pub mod pipeline;
+pub mod pool;
+pub mod worker;
+
+pub use counters::{DropCounters, DropReason, PortCounters};
