@@ -1,38 +1,431 @@
-//! `vswitch`: the CNI plugin binary (CNI `type: "vswitch"`).
+//! `vswitch`: the CNI plugin (CNI `"type": "vswitch"`), spec versions 0.3.0 to 1.1.0.
 //!
-//! This version implements `VERSION` only; ADD/DEL/CHECK/STATUS/GC arrive with the CNI issue.
-//! Every other command fails with a spec-conformant error (code 4, "incompatible/unsupported"),
-//! so a runtime that tries it gets a clear answer instead of a silent success.
+//! Small and synchronous, with no state of its own: it reads the CNI environment and the network
+//! configuration on stdin, asks vswitchd over its control socket, and prints the result (or a
+//! CNI error object) on stdout. IPAM is either vswitchd's built-in allocator (`ipam.type:
+//! "vswitch"`) or any other IPAM plugin, executed from `CNI_PATH` as the CNI conventions say.
 #![deny(unsafe_code)]
 
-use std::io::Read;
-use std::process::ExitCode;
+mod delegate;
+mod env;
+mod result;
 
-const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vswitch::control::api::{
+    self, ApiError, ClientError, CniAddReply, CniAddRequest, CniAttachment, CniAttachmentId,
+    CniCheckReply, CniGcReply, CniIpam, ErrorKind, Request,
+};
+use vswitch_config::cni::{parse_mac, IpamConf, NetConf, BUILTIN_IPAM, SUPPORTED_VERSIONS};
+use vswitch_config::{MacAddr, DEFAULT_SOCKET};
+
+use env::CniEnv;
+
+/// CNI error codes (spec section "Error") and ours (100+).
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO: u32 = 5;
+    pub const DECODE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN: u32 = 11;
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// vswitchd failed the request for a reason of its own.
+    pub const DAEMON: u32 = 100;
+    /// A requested address is outside the ranges, taken, or the gateway.
+    pub const ADDRESS_UNAVAILABLE: u32 = 101;
+    /// No free address left.
+    pub const ADDRESS_EXHAUSTED: u32 = 102;
+    /// CHECK found the interface different from prevResult.
+    pub const CHECK_MISMATCH: u32 = 103;
+    /// The delegated IPAM plugin failed.
+    pub const IPAM_DELEGATE: u32 = 104;
+}
+
+/// A CNI error: printed as `{cniVersion, code, msg, details}` with a non-zero exit.
+#[derive(Debug)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+    pub fn details(mut self, d: impl Into<String>) -> Self {
+        self.details = d.into();
+        self
+    }
+}
+
+fn api_error(e: ClientError) -> CniError {
+    match e {
+        ClientError::Connect { .. } => {
+            CniError::new(code::TRY_AGAIN, "vswitchd is not reachable").details(e.to_string())
+        }
+        ClientError::Api(ApiError { kind, message }) => {
+            let c = match kind {
+                ErrorKind::BadRequest | ErrorKind::InvalidConfig | ErrorKind::UnknownNetwork => {
+                    code::INVALID_CONFIG
+                }
+                ErrorKind::AddressConflict => code::ADDRESS_UNAVAILABLE,
+                ErrorKind::AddressExhausted => code::ADDRESS_EXHAUSTED,
+                ErrorKind::NetnsNotFound => code::UNKNOWN_CONTAINER,
+                ErrorKind::UnknownPort => code::CHECK_MISMATCH,
+                _ => code::DAEMON,
+            };
+            CniError::new(c, message)
+        }
+        other => CniError::new(code::IO, "talking to vswitchd failed").details(other.to_string()),
+    }
+}
+
+struct Plugin {
+    env: CniEnv,
+    conf: NetConf,
+    raw: Vec<u8>,
+    socket: PathBuf,
+}
+
+impl Plugin {
+    fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, CniError> {
+        api::call(&self.socket, &req, Duration::from_secs(60)).map_err(api_error)
+    }
+
+    fn builtin_ipam(&self) -> bool {
+        self.conf.ipam_type() == Some(BUILTIN_IPAM)
+    }
+
+    /// Static IPs from every source, most specific first: runtimeConfig (capability `ips`, as
+    /// Multus passes them), `args.cni.ips`, then `CNI_ARGS` `IP=`.
+    fn requested_ips(&self) -> Result<Vec<std::net::Ipv4Addr>, CniError> {
+        let from_args: Vec<String> = self
+            .conf
+            .args
+            .as_ref()
+            .and_then(|a| a.pointer("/cni/ips"))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        let (list, field): (Vec<String>, &str) = if !self.conf.runtime_config.ips.is_empty() {
+            (self.conf.runtime_config.ips.clone(), "runtimeConfig.ips")
+        } else if !from_args.is_empty() {
+            (from_args, "args.cni.ips")
+        } else if let Some(ips) = self.env.arg("IP") {
+            (ips.split(',').map(str::to_string).collect(), "CNI_ARGS IP")
+        } else {
+            (Vec::new(), "")
+        };
+        list.iter()
+            .map(|s| {
+                vswitch_config::cni::parse_ip_request(s, field)
+                    .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))
+            })
+            .collect()
+    }
+
+    fn requested_mac(&self) -> Result<Option<MacAddr>, CniError> {
+        let from_args = self
+            .conf
+            .args
+            .as_ref()
+            .and_then(|a| a.pointer("/cni/mac"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let candidates = [
+            (self.conf.runtime_config.mac.clone(), "runtimeConfig.mac"),
+            (from_args, "args.cni.mac"),
+            (self.env.arg("MAC").map(str::to_string), "CNI_ARGS MAC"),
+            (self.conf.mac.clone(), "mac"),
+        ];
+        for (m, field) in candidates {
+            if let Some(m) = m {
+                return parse_mac(&m, field)
+                    .map(Some)
+                    .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn attachment(&self) -> CniAttachment {
+        CniAttachment {
+            container_id: self.env.container_id.clone(),
+            ifname: self.env.ifname.clone(),
+            domain: self.conf.domain().to_string(),
+            builtin_ipam: self.builtin_ipam(),
+        }
+    }
+
+    fn add(&self) -> Result<Value, CniError> {
+        self.env
+            .require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])?;
+        let mac = self.requested_mac()?;
+        let requested = self.requested_ips()?;
+        let (ipam, delegated) = if self.builtin_ipam() {
+            let ic: IpamConf =
+                serde_json::from_value(self.conf.ipam.clone().unwrap_or_default())
+                    .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("ipam: {e}")))?;
+            let plan = ic
+                .plan()
+                .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+            (CniIpam::Builtin { plan, requested }, false)
+        } else {
+            let t = self.conf.ipam_type().unwrap_or_default().to_string();
+            let res = delegate::exec(&t, "ADD", &self.env, &self.raw)?;
+            (delegate::to_fixed(&res)?, true)
+        };
+        let req = CniAddRequest {
+            container_id: self.env.container_id.clone(),
+            ifname: self.env.ifname.clone(),
+            netns: self.env.netns.clone(),
+            domain: self.conf.domain().to_string(),
+            attach: self.conf.attach,
+            mtu: self.conf.mtu,
+            mac,
+            ipam,
+        };
+        match self.call::<CniAddReply>(Request::CniAdd(req)) {
+            Ok(reply) => Ok(result::add_result(
+                &self.conf.cni_version,
+                &self.env.netns,
+                &reply,
+            )),
+            Err(e) => {
+                if delegated {
+                    // Give the delegated address back: nothing half-applied.
+                    let t = self.conf.ipam_type().unwrap_or_default().to_string();
+                    let _ = delegate::exec(&t, "DEL", &self.env, &self.raw);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn del(&self) -> Result<(), CniError> {
+        self.env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
+        // Keep going after a failure: the delegated IPAM release must happen in any case.
+        let daemon = self
+            .call::<Value>(Request::CniDel(self.attachment()))
+            .map(|_| ());
+        let ipam = if self.builtin_ipam() {
+            Ok(())
+        } else {
+            let t = self.conf.ipam_type().unwrap_or_default().to_string();
+            delegate::exec(&t, "DEL", &self.env, &self.raw).map(|_| ())
+        };
+        daemon.and(ipam)
+    }
+
+    fn check(&self) -> Result<(), CniError> {
+        self.env
+            .require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])?;
+        let prev = self
+            .conf
+            .prev_result
+            .as_ref()
+            .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult"))?;
+        let reply: CniCheckReply = self.call(Request::CniCheck(self.attachment()))?;
+        result::check(prev, &self.env.ifname, &reply)?;
+        if !self.builtin_ipam() {
+            let t = self.conf.ipam_type().unwrap_or_default().to_string();
+            delegate::exec(&t, "CHECK", &self.env, &self.raw)?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self) -> Result<(), CniError> {
+        let raw: Value = serde_json::from_slice(&self.raw).unwrap_or_default();
+        let valid: Vec<CniAttachmentId> = raw
+            .get("cni.dev/valid-attachments")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        Some(CniAttachmentId {
+                            container_id: v.get("containerID")?.as_str()?.to_string(),
+                            ifname: v.get("ifname")?.as_str()?.to_string(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let unique: HashSet<_> = valid.iter().cloned().collect();
+        let reply: CniGcReply = self.call(Request::CniGc {
+            domain: self.conf.domain().to_string(),
+            valid: unique.into_iter().collect(),
+        })?;
+        eprintln!(
+            "vswitch CNI GC: removed {} port(s), released {} allocation(s)",
+            reply.removed_ports.len(),
+            reply.released.len()
+        );
+        if !self.builtin_ipam() {
+            let t = self.conf.ipam_type().unwrap_or_default().to_string();
+            if let Err(e) = delegate::exec(&t, "GC", &self.env, &self.raw) {
+                eprintln!(
+                    "vswitch CNI GC: IPAM plugin {t} GC: {} ({})",
+                    e.msg, e.details
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        self.call::<Value>(Request::Ping).map(|_| ()).map_err(|e| {
+            CniError::new(code::NOT_AVAILABLE, "vswitchd is not available")
+                .details(format!("{} ({})", e.msg, e.details))
+        })
+    }
+}
+
+fn version_at_least(v: &str, min: (u32, u32, u32)) -> bool {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let got = (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    );
+    got >= min
+}
+
+fn run(cmd: &str, stdin: Vec<u8>) -> Result<Option<Value>, CniError> {
+    if cmd == "VERSION" {
+        let v = serde_json::from_slice::<Value>(&stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| "1.1.0".to_string());
+        return Ok(Some(
+            json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS }),
+        ));
+    }
+    let env = CniEnv::from_process()?;
+    let conf = NetConf::parse(&stdin).map_err(|m| CniError::new(code::DECODE, m))?;
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("cniVersion {:?} is not supported", conf.cni_version),
+        )
+        .details(format!("supported: {}", SUPPORTED_VERSIONS.join(", "))));
+    }
+    conf.validate()
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+    let socket = conf
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let p = Plugin {
+        env,
+        conf,
+        raw: stdin,
+        socket,
+    };
+    match cmd {
+        "ADD" => p.add().map(Some),
+        "DEL" => p.del().map(|_| None),
+        "CHECK" => {
+            if !version_at_least(&p.conf.cni_version, (0, 4, 0)) {
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    "CHECK needs cniVersion 0.4.0 or later",
+                ));
+            }
+            p.check().map(|_| None)
+        }
+        "GC" | "STATUS" => {
+            if !version_at_least(&p.conf.cni_version, (1, 1, 0)) {
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    format!("{cmd} needs cniVersion 1.1.0"),
+                ));
+            }
+            if cmd == "GC" { p.gc() } else { p.status() }.map(|_| None)
+        }
+        "" => Err(CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set")),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_COMMAND {other:?} is not a CNI command"),
+        )),
+    }
+}
 
 fn main() -> ExitCode {
     let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let mut stdin = String::new();
-    let _ = std::io::stdin().read_to_string(&mut stdin);
-    let version = serde_json::from_str::<serde_json::Value>(&stdin)
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        let out = json!({"cniVersion": "1.1.0", "code": code::IO, "msg": "cannot read stdin", "details": e.to_string()});
+        println!("{out}");
+        return ExitCode::FAILURE;
+    }
+    let version = serde_json::from_slice::<Value>(&stdin)
         .ok()
-        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
-    match cmd.as_str() {
-        "VERSION" => {
-            let out = serde_json::json!({ "cniVersion": version, "supportedVersions": SUPPORTED });
-            println!("{out}");
+    match run(&cmd, stdin) {
+        Ok(Some(v)) => {
+            println!("{v}");
             ExitCode::SUCCESS
         }
-        other => {
-            let out = serde_json::json!({
-                "cniVersion": version,
-                "code": 4,
-                "msg": format!("CNI_COMMAND {other:?} is not supported by this version of the vswitch plugin"),
-                "details": "this release implements VERSION only; use vswitchctl port add/del",
-            });
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "vswitch CNI {cmd}: error {}: {} {}",
+                e.code, e.msg, e.details
+            );
+            let out =
+                json!({"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details});
             println!("{out}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(version_at_least("1.1.0", (1, 1, 0)));
+        assert!(version_at_least("0.4.0", (0, 4, 0)));
+        assert!(!version_at_least("0.3.1", (0, 4, 0)));
+        assert!(!version_at_least("1.0.0", (1, 1, 0)));
+    }
+
+    #[test]
+    fn unknown_version_and_bad_json_codes() {
+        // VERSION works with no environment at all.
+        assert!(run("VERSION", b"{}".to_vec()).unwrap().is_some());
+        std::env::set_var("CNI_CONTAINERID", "c");
+        std::env::set_var("CNI_IFNAME", "eth0");
+        let e = run("DEL", b"{not json".to_vec()).unwrap_err();
+        assert_eq!(e.code, code::DECODE);
+        let e = run(
+            "DEL",
+            br#"{"cniVersion":"9.9.9","name":"n","type":"vswitch","ipam":{"type":"vswitch"}}"#
+                .to_vec(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        let e = run(
+            "DEL",
+            br#"{"cniVersion":"1.0.0","name":"n","type":"vswitch"}"#.to_vec(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
     }
 }

@@ -6,6 +6,7 @@
 //! Validation happens here, before anything is touched, and every error names the field.
 #![deny(unsafe_code)]
 
+pub mod cni;
 mod mac;
 
 use std::collections::HashSet;

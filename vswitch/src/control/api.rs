@@ -36,6 +36,109 @@ pub enum Request {
         network: String,
     },
     Stats,
+    /// CNI ADD: ensure the network, assign addresses, create the pod interface.
+    CniAdd(CniAddRequest),
+    /// CNI DEL: remove the interface if present and release the addresses (idempotent).
+    CniDel(CniAttachment),
+    /// CNI CHECK: the attachment's record and what its interface looks like in the pod now.
+    CniCheck(CniAttachment),
+    /// CNI GC: remove every attachment of the domain not in `valid`.
+    CniGc {
+        domain: String,
+        valid: Vec<CniAttachmentId>,
+    },
+}
+
+/// Which container interface an attachment is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CniAttachmentId {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub ifname: String,
+    /// Isolation domain (= vswitch network name).
+    pub domain: String,
+    /// Release addresses from the built-in IPAM (DEL).
+    #[serde(default)]
+    pub builtin_ipam: bool,
+}
+
+/// How the addresses of a CNI attachment are decided.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CniIpam {
+    /// vswitchd assigns from these ranges (requested IPs first).
+    Builtin {
+        plan: vswitch_config::cni::IpamPlan,
+        #[serde(default)]
+        requested: Vec<Ipv4Addr>,
+    },
+    /// A delegated IPAM plugin already decided.
+    Fixed {
+        addrs: Vec<CniAddr>,
+        #[serde(default)]
+        routes: Vec<RouteSpec>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAddr {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniAddRequest {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub domain: String,
+    /// Used when the network does not exist yet.
+    #[serde(default)]
+    pub attach: Option<AttachKind>,
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    pub ipam: CniIpam,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniAddReply {
+    pub port: PortInfo,
+    pub addrs: Vec<CniAddr>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// What a pod interface looks like inside its namespace right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedInterface {
+    pub exists: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// `ip/prefix` strings.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniCheckReply {
+    pub port: PortInfo,
+    pub observed: ObservedInterface,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CniGcReply {
+    pub removed_ports: Vec<String>,
+    pub released: Vec<CniAttachmentId>,
 }
 
 /// Attach a pod interface to a network.
@@ -72,6 +175,8 @@ pub enum ErrorKind {
     UnknownPort,
     PortExists,
     AddressConflict,
+    /// No free address left in the IPAM ranges.
+    AddressExhausted,
     NetnsNotFound,
     System,
 }
@@ -123,6 +228,9 @@ pub struct PortInfo {
     pub ips: Vec<Ipv4Addr>,
     pub mtu: u16,
     pub worker: usize,
+    /// Set for ports created through CNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,5 +3,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod ipam;
 pub mod netconf;
 pub mod server;
+pub mod store;

@@ -144,3 +144,47 @@ pub fn create_host_veth(host: &str, peer: &str, mtu: u16) -> Result<(), NetconfE
 pub fn delete_link(name: &str) {
     let _ = ip(&["link", "del", "dev", name]);
 }
+
+/// Reads what `ifname` in `netns` looks like now (MAC, IPv4 addresses, IPv4 routes), for CNI CHECK.
+pub fn observe(netns: &Path, ifname: &str) -> super::api::ObservedInterface {
+    let mut o = super::api::ObservedInterface::default();
+    let Ok(addr) = ip_in(netns, &["-j", "addr", "show", "dev", ifname]) else {
+        return o;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&addr) else {
+        return o;
+    };
+    let Some(link) = v.as_array().and_then(|a| a.first()) else {
+        return o;
+    };
+    o.exists = true;
+    o.mac = link["address"].as_str().and_then(|m| m.parse().ok());
+    for a in link["addr_info"].as_array().into_iter().flatten() {
+        if a["family"] == "inet" {
+            if let (Some(l), Some(p)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
+                o.addrs.push(format!("{l}/{p}"));
+            }
+        }
+    }
+    if let Ok(routes) = ip_in(netns, &["-j", "-4", "route", "show", "dev", ifname]) {
+        if let Ok(serde_json::Value::Array(rs)) = serde_json::from_str::<serde_json::Value>(&routes)
+        {
+            for r in rs {
+                let dst = match r["dst"].as_str() {
+                    Some("default") => Some(Ipv4Net::default()),
+                    Some(d) if d.contains('/') => d.parse().ok(),
+                    Some(d) => d
+                        .parse::<Ipv4Addr>()
+                        .ok()
+                        .and_then(|a| Ipv4Net::new(a, 32).ok()),
+                    None => None,
+                };
+                let via = r["gateway"].as_str().and_then(|g| g.parse().ok());
+                if let Some(dst) = dst {
+                    o.routes.push(RouteSpec { dst, via });
+                }
+            }
+        }
+    }
+    o
+}
