@@ -13,6 +13,7 @@ have iperf3   || need+=(iperf3)
 have nsenter  || need+=(util-linux)
 have ethtool  || need+=(ethtool)
 have pgrep    || need+=(procps)
+[ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 /usr/bin/python3 -c 'import scapy' >/dev/null 2>&1 || need+=(python3-scapy)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"

@@ -89,6 +89,10 @@ fn api_error(e: ClientError) -> CniError {
             };
             CniError::new(c, message)
         }
+        // The daemon went away mid-request (restart, crash): the runtime should retry.
+        ClientError::Io(e) => {
+            CniError::new(code::TRY_AGAIN, "vswitchd did not answer").details(e.to_string())
+        }
         other => CniError::new(code::IO, "talking to vswitchd failed").details(other.to_string()),
     }
 }

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vswitch::control::api::{
-    self, ClientError, FdbEntryInfo, NetworkInfo, PortAddRequest, PortInfo, Request, StatsReply,
+    self, ClientError, FdbEntryInfo, IpamAllocation, NetworkInfo, PortAddRequest, PortInfo,
+    Request, StatsReply,
 };
 use vswitch_config::{AttachKind, Ipv4Net, MacAddr, NetworkConfig, RouteSpec, DEFAULT_SOCKET};
 
@@ -41,6 +42,15 @@ enum Cmd {
     Fdb(FdbCmd),
     /// Per-port counters and drops by reason.
     Stats,
+    /// Built-in IPAM allocations.
+    #[command(subcommand)]
+    Ipam(IpamCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum IpamCmd {
+    /// Show the allocations of a network (CNI domain).
+    Show { network: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -300,6 +310,24 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                             r.age_secs.map_or("-".into(), |a| format!("{a}s")),
                         ]
                     })
+                    .collect(),
+            );
+        }
+        Cmd::Ipam(IpamCmd::Show { network }) => {
+            let rows: Vec<IpamAllocation> = call(
+                cli,
+                Request::IpamShow {
+                    domain: network.clone(),
+                },
+            )?;
+            if cli.json {
+                print_json(&rows);
+                return Ok(());
+            }
+            table(
+                &["CONTAINER", "IFNAME", "IPS"],
+                rows.iter()
+                    .map(|r| vec![r.container_id.clone(), r.ifname.clone(), join_ips(&r.ips)])
                     .collect(),
             );
         }

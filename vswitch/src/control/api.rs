@@ -42,6 +42,10 @@ pub enum Request {
     CniDel(CniAttachment),
     /// CNI CHECK: the attachment's record and what its interface looks like in the pod now.
     CniCheck(CniAttachment),
+    /// Built-in IPAM allocations of a domain.
+    IpamShow {
+        domain: String,
+    },
     /// CNI GC: remove every attachment of the domain not in `valid`.
     CniGc {
         domain: String,
@@ -133,6 +137,14 @@ pub struct ObservedInterface {
 pub struct CniCheckReply {
     pub port: PortInfo,
     pub observed: ObservedInterface,
+}
+
+/// One built-in IPAM allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamAllocation {
+    pub container_id: String,
+    pub ifname: String,
+    pub ips: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -309,7 +321,12 @@ pub fn call<T: DeserializeOwned>(
     line.push(b'\n');
     (&stream).write_all(&line)?;
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply)?;
+    if BufReader::new(&stream).read_line(&mut reply)? == 0 {
+        return Err(ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "vswitchd closed the connection without a reply",
+        )));
+    }
     match serde_json::from_str::<Reply>(&reply)? {
         Reply::Ok(v) => Ok(serde_json::from_value(v)?),
         Reply::Error(e) => Err(ClientError::Api(e)),

@@ -17,8 +17,8 @@ use vswitch_config::{
 
 use super::api::{
     ApiError, CniAddReply, CniAddRequest, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply,
-    CniGcReply, CniIpam, ErrorKind, FdbEntryInfo, FdbEntryKind, NetworkInfo, PortAddRequest,
-    PortInfo, PortStats, Request, StatsReply,
+    CniGcReply, CniIpam, ErrorKind, FdbEntryInfo, FdbEntryKind, IpamAllocation, NetworkInfo,
+    PortAddRequest, PortInfo, PortStats, Request, StatsReply,
 };
 use super::ipam::{Ipam, IpamError};
 use super::netconf::{self, PodIfConfig};
@@ -214,6 +214,17 @@ impl Daemon {
                 to_value(serde_json::json!({}))
             }
             Request::CniCheck(a) => to_value(self.cni_check(&a)?),
+            Request::IpamShow { domain } => to_value(
+                self.ipam
+                    .attachments(&domain)
+                    .into_iter()
+                    .map(|(container_id, ifname, ips)| IpamAllocation {
+                        container_id,
+                        ifname,
+                        ips,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
             Request::CniGc { domain, valid } => to_value(self.cni_gc(&domain, &valid)?),
             Request::PortDel { id } => {
                 self.port_del(&id)?;
