@@ -99,14 +99,62 @@ pub struct NetworkConfig {
     /// Port kind for pods of this network.
     #[serde(default)]
     pub attach: AttachKind,
-    /// MTU of pod interfaces.
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    /// MTU of pod interfaces. Default: 1500, or the underlay MTU minus the encapsulation
+    /// overhead for networks that span nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// `l2` (switched; spans nodes over VXLAN when `vni` is set) or `l3` (routed, Calico style).
+    #[serde(default)]
+    pub kind: NetworkKind,
+    /// VXLAN network identifier (L2 networks spanning nodes; L3 networks encapsulating in VXLAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// L3: how packets to other nodes are encapsulated when they are.
+    #[serde(default)]
+    pub encapsulation: Encapsulation,
+    /// L3: when to encapsulate.
+    #[serde(default)]
+    pub mode: EncapMode,
+    /// L3: this node's pod blocks (sub-CIDRs of `subnet`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<Ipv4Net>,
 }
 
-fn default_mtu() -> u16 {
-    DEFAULT_MTU
+/// Switched or routed network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkKind {
+    #[default]
+    L2,
+    L3,
 }
+
+/// Encapsulation used between nodes for L3 networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encapsulation {
+    #[default]
+    Ipip,
+    Vxlan,
+}
+
+/// When L3 traffic to another node is encapsulated (Calico's ipipMode / vxlanMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncapMode {
+    /// Always encapsulate.
+    #[default]
+    Always,
+    /// Direct when the peer's underlay IP is in our underlay subnet, encapsulated otherwise.
+    CrossSubnet,
+    /// Never encapsulate: direct routing over the underlay.
+    Never,
+}
+
+/// Outer header bytes added by VXLAN (IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u16 = 50;
+/// Outer header bytes added by IPIP.
+pub const IPIP_OVERHEAD: u16 = 20;
 
 impl NetworkConfig {
     pub fn new(name: &str, subnet: Ipv4Net) -> Self {
@@ -116,8 +164,42 @@ impl NetworkConfig {
             gateway: None,
             gateway_mac: None,
             attach: AttachKind::Tap,
-            mtu: DEFAULT_MTU,
+            mtu: None,
+            kind: NetworkKind::L2,
+            vni: None,
+            encapsulation: Encapsulation::Ipip,
+            mode: EncapMode::Always,
+            blocks: Vec::new(),
         }
+    }
+
+    /// Whether traffic of this network leaves the node.
+    pub fn spans_nodes(&self) -> bool {
+        match self.kind {
+            NetworkKind::L2 => self.vni.is_some(),
+            NetworkKind::L3 => true,
+        }
+    }
+
+    /// Bytes of outer headers this network's traffic may carry between nodes.
+    pub fn overhead(&self) -> u16 {
+        match (self.kind, self.vni) {
+            (NetworkKind::L2, Some(_)) => VXLAN_OVERHEAD,
+            (NetworkKind::L2, None) => 0,
+            (NetworkKind::L3, _) if self.mode == EncapMode::Never => 0,
+            (NetworkKind::L3, _) => match self.encapsulation {
+                Encapsulation::Ipip => IPIP_OVERHEAD,
+                Encapsulation::Vxlan => VXLAN_OVERHEAD,
+            },
+        }
+    }
+
+    /// The pod MTU: configured, else underlay MTU minus overhead for networks spanning nodes.
+    pub fn effective_mtu(&self, underlay_mtu: Option<u16>) -> u16 {
+        self.mtu.unwrap_or_else(|| match underlay_mtu {
+            Some(u) if self.spans_nodes() => u.saturating_sub(self.overhead()).max(MIN_MTU),
+            _ => DEFAULT_MTU,
+        })
     }
 
     /// The gateway IP: configured, or the first host address of the subnet.
@@ -170,11 +252,50 @@ impl NetworkConfig {
                 ));
             }
         }
-        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
-            return Err(ConfigError::invalid(
-                f("mtu"),
-                format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu),
-            ));
+        if let Some(mtu) = self.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(ConfigError::invalid(
+                    f("mtu"),
+                    format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}"),
+                ));
+            }
+        }
+        if let Some(vni) = self.vni {
+            if vni == 0 || vni >= 1 << 24 {
+                return Err(ConfigError::invalid(
+                    f("vni"),
+                    format!("{vni} is outside 1..=16777215"),
+                ));
+            }
+        }
+        match self.kind {
+            NetworkKind::L2 => {
+                if !self.blocks.is_empty() {
+                    return Err(ConfigError::invalid(
+                        f("blocks"),
+                        "only L3 networks have pod blocks",
+                    ));
+                }
+            }
+            NetworkKind::L3 => {
+                if self.encapsulation == Encapsulation::Vxlan
+                    && self.mode != EncapMode::Never
+                    && self.vni.is_none()
+                {
+                    return Err(ConfigError::invalid(
+                        f("vni"),
+                        "required with encapsulation = \"vxlan\"",
+                    ));
+                }
+                for (i, b) in self.blocks.iter().enumerate() {
+                    if b.trunc() != *b || !self.subnet.contains(b) {
+                        return Err(ConfigError::invalid(
+                            f(&format!("blocks[{i}]")),
+                            format!("{b} is not a block inside subnet {}", self.subnet),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -248,6 +369,127 @@ pub struct DaemonConfig {
     /// Networks defined at startup.
     #[serde(default, rename = "network")]
     pub networks: Vec<NetworkConfig>,
+    /// This node's identity and underlay (needed by networks that span nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeConfig>,
+    /// Static peers.
+    #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerConfig>,
+    /// Cluster mode: membership and endpoints in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Default: the hostname.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Underlay NIC, for direct routing (received through an AF_PACKET ring on it).
+    #[serde(default)]
+    pub underlay_interface: Option<String>,
+    #[serde(default)]
+    pub underlay_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub underlay_subnet: Option<Ipv4Net>,
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+}
+
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+impl NodeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(n) = &self.name {
+            validate_name(n).map_err(|r| ConfigError::invalid("node.name", r))?;
+        }
+        if let Some(i) = &self.underlay_interface {
+            validate_ifname(i).map_err(|r| ConfigError::invalid("node.underlay_interface", r))?;
+        }
+        if let (Some(ip), Some(net)) = (self.underlay_ip, self.underlay_subnet) {
+            if !net.contains(&ip) {
+                return Err(ConfigError::invalid(
+                    "node.underlay_subnet",
+                    format!("{net} does not contain underlay_ip {ip}"),
+                ));
+            }
+        }
+        if self.vxlan_port == 0 {
+            return Err(ConfigError::invalid("node.vxlan_port", "must not be 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A statically configured peer node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    /// L3 pod blocks the peer serves, by network name.
+    #[serde(default)]
+    pub blocks: std::collections::BTreeMap<String, Vec<Ipv4Net>>,
+}
+
+/// etcd cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
+    /// Key prefix in etcd.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_lease_ttl() -> u64 {
+    5
+}
+fn default_prefix() -> String {
+    "/vswitch".into()
+}
+
+/// Checks rules across networks: IPIP carries no network id, so two IPIP networks must not
+/// overlap; VNIs are unique.
+pub fn check_network_set(nets: &[NetworkConfig]) -> Result<(), ConfigError> {
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[..i] {
+            let ipip = |n: &NetworkConfig| {
+                n.kind == NetworkKind::L3
+                    && n.encapsulation == Encapsulation::Ipip
+                    && n.mode != EncapMode::Never
+            };
+            let l3 = |n: &NetworkConfig| n.kind == NetworkKind::L3;
+            let overlap =
+                a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network());
+            if overlap && ((ipip(a) && l3(b)) || (ipip(b) && l3(a))) {
+                return Err(ConfigError::invalid(
+                    format!("network[{i}].subnet"),
+                    format!(
+                        "{} of {:?} overlaps {} of L3 network {:?}; IPIP carries no network id, so an IPIP network's subnet must not overlap another L3 network",
+                        a.subnet, a.name, b.subnet, b.name
+                    ),
+                ));
+            }
+            if a.vni.is_some() && a.vni == b.vni {
+                return Err(ConfigError::invalid(
+                    format!("network[{i}].vni"),
+                    format!(
+                        "VNI {} is already used by network {:?}",
+                        a.vni.unwrap_or(0),
+                        b.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn default_state_dir() -> PathBuf {
@@ -271,6 +513,9 @@ impl Default for DaemonConfig {
             workers: default_workers(),
             fdb_aging_secs: default_fdb_aging(),
             networks: Vec::new(),
+            node: None,
+            peers: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -317,6 +562,57 @@ impl DaemonConfig {
                 return Err(ConfigError::invalid(
                     format!("network[{i}].name"),
                     format!("network {:?} is defined twice", n.name),
+                ));
+            }
+        }
+        check_network_set(&self.networks)?;
+        if let Some(node) = &self.node {
+            node.validate()?;
+        }
+        let spans = self.networks.iter().any(NetworkConfig::spans_nodes);
+        if spans && self.node.as_ref().is_none_or(|n| n.underlay_ip.is_none()) {
+            return Err(ConfigError::invalid(
+                "node.underlay_ip",
+                "required when a network spans nodes (vni set or kind = \"l3\")",
+            ));
+        }
+        let mut peers = HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if !peers.insert(p.name.as_str())
+                || self
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.name.as_deref() == Some(&p.name))
+            {
+                return Err(ConfigError::invalid(
+                    format!("peer[{i}].name"),
+                    format!("{:?} is not unique", p.name),
+                ));
+            }
+            for (net, blocks) in &p.blocks {
+                for b in blocks {
+                    if let Some(n) = self.networks.iter().find(|n| &n.name == net) {
+                        if !n.subnet.contains(b) {
+                            return Err(ConfigError::invalid(
+                                format!("peer[{i}].blocks.{net}"),
+                                format!("{b} is not inside network {net}'s subnet {}", n.subnet),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.etcd_endpoints.is_empty() {
+                return Err(ConfigError::invalid(
+                    "cluster.etcd_endpoints",
+                    "must list at least one endpoint",
+                ));
+            }
+            if c.lease_ttl_secs < 2 {
+                return Err(ConfigError::invalid(
+                    "cluster.lease_ttl_secs",
+                    "must be at least 2",
                 ));
             }
         }
@@ -416,6 +712,26 @@ mod tests {
             "network[0].subnet"
         );
         let mtu = "[[network]]\nname='a'\nsubnet='10.0.0.0/24'\nmtu=100";
+        let ipip2 = "[node]\nunderlay_ip='10.1.0.1'\n[[network]]\nname='a'\nkind='l3'\nsubnet='10.244.0.0/16'\n[[network]]\nname='b'\nkind='l3'\nsubnet='10.244.8.0/24'";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(ipip2, "t").unwrap_err()),
+            "network[1].subnet"
+        );
+        let vxlan_l3 = "[node]\nunderlay_ip='10.1.0.1'\n[[network]]\nname='a'\nkind='l3'\nsubnet='10.244.0.0/16'\nencapsulation='vxlan'";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(vxlan_l3, "t").unwrap_err()),
+            "network[0].vni"
+        );
+        let no_node = "[[network]]\nname='a'\nsubnet='10.244.0.0/16'\nvni=5";
+        assert_eq!(
+            field_of(DaemonConfig::from_toml_str(no_node, "t").unwrap_err()),
+            "node.underlay_ip"
+        );
+        let ok = "[node]\nunderlay_ip='10.1.0.1'\n[[network]]\nname='a'\nkind='l3'\nsubnet='10.244.0.0/16'\nmode='cross-subnet'\nblocks=['10.244.1.0/26']\n[[network]]\nname='b'\nkind='l3'\nsubnet='10.244.8.0/24'\nmode='never'";
+        assert!(
+            DaemonConfig::from_toml_str(ok, "t").is_err(),
+            "never-mode L3 overlapping an IPIP network is still ambiguous on decap"
+        );
         assert_eq!(
             field_of(DaemonConfig::from_toml_str(mtu, "t").unwrap_err()),
             "network[0].mtu"

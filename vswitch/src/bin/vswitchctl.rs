@@ -72,9 +72,9 @@ enum NetworkCmd {
         /// Port kind for pods: tap or af_packet.
         #[arg(long, default_value = "tap")]
         attach: AttachKind,
-        /// MTU of pod interfaces.
-        #[arg(long, default_value_t = vswitch_config::DEFAULT_MTU)]
-        mtu: u16,
+        /// MTU of pod interfaces (default 1500, or underlay MTU minus overhead for overlays).
+        #[arg(long)]
+        mtu: Option<u16>,
     },
     /// Delete a network that has no ports.
     Del { name: String },
@@ -217,6 +217,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 gateway_mac: *gateway_mac,
                 attach: *attach,
                 mtu: *mtu,
+                ..NetworkConfig::new(name, *subnet)
             };
             let n: NetworkInfo = call(cli, Request::NetworkAdd { network })?;
             if cli.json {

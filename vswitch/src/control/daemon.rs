@@ -61,6 +61,8 @@ pub struct Daemon {
     ipam: Ipam,
     /// Routes installed for CNI attachments (returned again on a retried ADD).
     port_routes: BTreeMap<String, Vec<RouteSpec>>,
+    /// MTU of the underlay interface (pod MTU defaults derive from it).
+    underlay_mtu: Option<u16>,
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -117,6 +119,7 @@ impl Daemon {
             link_counter: 0,
             ipam: Ipam::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
             port_routes: BTreeMap::new(),
+            underlay_mtu: None,
         };
         for n in cfg.networks {
             d.install_network(n, false)
@@ -248,7 +251,7 @@ impl Daemon {
             gateway: n.conf.gateway_ip(),
             gateway_mac: n.conf.gateway_mac(),
             attach: n.conf.attach,
-            mtu: n.conf.mtu,
+            mtu: n.conf.effective_mtu(self.underlay_mtu),
             ports: self
                 .ports
                 .values()
@@ -452,6 +455,7 @@ impl Daemon {
         let mac = self.validate_port(&r, &id)?;
         let net = &self.networks[&r.network];
         let (conf, domain) = (net.conf.clone(), net.idx);
+        let mtu = conf.effective_mtu(self.underlay_mtu);
         let ns = netconf::netns_path(&r.netns);
 
         fn pod_if<'a>(
@@ -459,12 +463,13 @@ impl Daemon {
             r: &'a PortAddRequest,
             mac: MacAddr,
             conf: &'a NetworkConfig,
+            mtu: u16,
         ) -> PodIfConfig<'a> {
             PodIfConfig {
                 tmp_name: tmp,
                 ifname: &r.ifname,
                 mac,
-                mtu: conf.mtu,
+                mtu,
                 subnet: conf.subnet,
                 ips: &r.ips,
                 gateway: conf.gateway_ip(),
@@ -476,7 +481,8 @@ impl Daemon {
             vswitch_config::AttachKind::Tap => {
                 let tmp = self.next_link_name("vst");
                 let tap = Tap::create(&tmp).map_err(|e| sys_err("create tap", e))?;
-                if let Err(e) = netconf::move_and_configure(&ns, &pod_if(&tmp, &r, mac, &conf)) {
+                if let Err(e) = netconf::move_and_configure(&ns, &pod_if(&tmp, &r, mac, &conf, mtu))
+                {
                     drop(tap); // closing the fd removes the tap wherever it is
                     return Err(sys_err("configure pod interface", e));
                 }
@@ -485,9 +491,9 @@ impl Daemon {
             vswitch_config::AttachKind::AfPacket => {
                 let host = self.next_link_name("vsh");
                 let peer = self.next_link_name("vsp");
-                netconf::create_host_veth(&host, &peer, conf.mtu)
+                netconf::create_host_veth(&host, &peer, mtu)
                     .map_err(|e| sys_err("create veth", e))?;
-                let opened = netconf::move_and_configure(&ns, &pod_if(&peer, &r, mac, &conf))
+                let opened = netconf::move_and_configure(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
                     .map_err(|e| sys_err("configure pod interface", e))
                     .and_then(|_| {
                         crate::sys::if_index(&host).map_err(|e| sys_err("find host veth", e))
@@ -515,7 +521,7 @@ impl Daemon {
             domain,
             mac,
             ips: r.ips.clone(),
-            max_frame: usize::from(conf.mtu) + crate::packet::ethernet::HEADER_LEN,
+            max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
         for w in &self.workers {
@@ -539,7 +545,7 @@ impl Daemon {
             attach: conf.attach,
             mac,
             ips: r.ips.clone(),
-            mtu: conf.mtu,
+            mtu,
             worker: owner,
             container_id,
         };
@@ -683,7 +689,7 @@ impl Daemon {
             conf.gateway = first.gateway;
             conf.attach = r.attach.unwrap_or_default();
             if let Some(m) = r.mtu {
-                conf.mtu = m;
+                conf.mtu = Some(m);
             }
             if let Err(e) = conf.validate("") {
                 undo_alloc(self);
