@@ -9,10 +9,26 @@ use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vswitch::control::api::{
-    self, ClientError, FdbEntryInfo, IpamAllocation, NetworkInfo, PortAddRequest, PortInfo,
-    Request, StatsReply,
+    self, ClientError, FdbEntryInfo, IpamAllocation, NetworkInfo, PeerInfo, PortAddRequest,
+    PortInfo, Request, StatsReply,
 };
-use vswitch_config::{AttachKind, Ipv4Net, MacAddr, NetworkConfig, RouteSpec, DEFAULT_SOCKET};
+use vswitch_config::{
+    AttachKind, EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkConfig, NetworkKind, RouteSpec,
+    DEFAULT_SOCKET,
+};
+
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+fn parse_kind(s: &str) -> Result<NetworkKind, String> {
+    parse_enum(s)
+}
+fn parse_encap(s: &str) -> Result<Encapsulation, String> {
+    parse_enum(s)
+}
+fn parse_mode(s: &str) -> Result<EncapMode, String> {
+    parse_enum(s)
+}
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Control a running vswitchd")]
@@ -45,6 +61,8 @@ enum Cmd {
     /// Built-in IPAM allocations.
     #[command(subcommand)]
     Ipam(IpamCmd),
+    /// Peer nodes (static config or etcd) and what they serve.
+    Peers,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +93,21 @@ enum NetworkCmd {
         /// MTU of pod interfaces (default 1500, or underlay MTU minus overhead for overlays).
         #[arg(long)]
         mtu: Option<u16>,
+        /// l2 (switched) or l3 (routed, Calico style).
+        #[arg(long, default_value = "l2", value_parser = parse_kind)]
+        kind: NetworkKind,
+        /// VXLAN network identifier (an L2 network with a VNI spans nodes).
+        #[arg(long)]
+        vni: Option<u32>,
+        /// L3: ipip or vxlan.
+        #[arg(long, default_value = "ipip", value_parser = parse_encap)]
+        encapsulation: Encapsulation,
+        /// L3: always, cross-subnet or never.
+        #[arg(long, default_value = "always", value_parser = parse_mode)]
+        mode: EncapMode,
+        /// L3: this node's pod block (repeatable).
+        #[arg(long = "block")]
+        blocks: Vec<Ipv4Net>,
     },
     /// Delete a network that has no ports.
     Del { name: String },
@@ -209,6 +242,11 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             gateway_mac,
             attach,
             mtu,
+            kind,
+            vni,
+            encapsulation,
+            mode,
+            blocks,
         }) => {
             let network = NetworkConfig {
                 name: name.clone(),
@@ -217,7 +255,11 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 gateway_mac: *gateway_mac,
                 attach: *attach,
                 mtu: *mtu,
-                ..NetworkConfig::new(name, *subnet)
+                kind: *kind,
+                vni: *vni,
+                encapsulation: *encapsulation,
+                mode: *mode,
+                blocks: blocks.clone(),
             };
             let n: NetworkInfo = call(cli, Request::NetworkAdd { network })?;
             if cli.json {
@@ -300,13 +342,14 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             }
             println!("network {network}");
             table(
-                &["MAC", "PORT", "TYPE", "IPS", "AGE"],
+                &["MAC", "PORT", "TYPE", "SOURCE", "IPS", "AGE"],
                 rows.iter()
                     .map(|r| {
                         vec![
                             r.mac.to_string(),
                             r.port.clone(),
                             format!("{:?}", r.kind).to_lowercase(),
+                            format!("{:?}", r.source).to_lowercase(),
                             join_ips(&r.ips),
                             r.age_secs.map_or("-".into(), |a| format!("{a}s")),
                         ]
@@ -329,6 +372,45 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 &["CONTAINER", "IFNAME", "IPS"],
                 rows.iter()
                     .map(|r| vec![r.container_id.clone(), r.ifname.clone(), join_ips(&r.ips)])
+                    .collect(),
+            );
+        }
+        Cmd::Peers => {
+            let peers: Vec<PeerInfo> = call(cli, Request::Peers)?;
+            if cli.json {
+                print_json(&peers);
+                return Ok(());
+            }
+            table(
+                &[
+                    "PEER",
+                    "UNDERLAY IP",
+                    "SAME SUBNET",
+                    "SOURCE",
+                    "BLOCKS",
+                    "ENDPOINTS",
+                ],
+                peers
+                    .iter()
+                    .map(|p| {
+                        let blocks: Vec<String> = p
+                            .blocks
+                            .iter()
+                            .flat_map(|(n, bs)| bs.iter().map(move |b| format!("{n}:{b}")))
+                            .collect();
+                        vec![
+                            p.name.clone(),
+                            p.underlay_ip.to_string(),
+                            if p.same_subnet { "yes" } else { "no" }.into(),
+                            p.source.clone(),
+                            if blocks.is_empty() {
+                                "-".into()
+                            } else {
+                                blocks.join(",")
+                            },
+                            p.endpoints.to_string(),
+                        ]
+                    })
                     .collect(),
             );
         }

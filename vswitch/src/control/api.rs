@@ -42,6 +42,8 @@ pub enum Request {
     CniDel(CniAttachment),
     /// CNI CHECK: the attachment's record and what its interface looks like in the pod now.
     CniCheck(CniAttachment),
+    /// Peer nodes and where they came from.
+    Peers,
     /// Built-in IPAM allocations of a domain.
     IpamShow {
         domain: String,
@@ -265,6 +267,33 @@ pub struct FdbEntryInfo {
     /// Seconds since last seen (learned entries only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_secs: Option<u64>,
+    /// Where the entry came from.
+    pub source: FdbSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdbSource {
+    /// A port of this node (or the gateway).
+    Local,
+    /// Learned from traffic (flood-and-learn).
+    Learned,
+    /// Published by another node in the datastore.
+    Etcd,
+}
+
+/// Another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    /// Inside our underlay subnet (cross-subnet traffic to it goes direct).
+    pub same_subnet: bool,
+    /// `static` (config) or `etcd`.
+    pub source: String,
+    pub blocks: BTreeMap<String, Vec<Ipv4Net>>,
+    /// Its endpoints known from the datastore.
+    pub endpoints: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,23 +9,27 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 use vswitch_config::{
     is_host_of, validate_ifname, validate_name, DaemonConfig, Ipv4Net, MacAddr, NetworkConfig,
-    RouteSpec,
+    NetworkKind, NodeConfig, RouteSpec,
 };
 
 use super::api::{
     ApiError, CniAddReply, CniAddRequest, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply,
-    CniGcReply, CniIpam, ErrorKind, FdbEntryInfo, FdbEntryKind, IpamAllocation, NetworkInfo,
-    PortAddRequest, PortInfo, PortStats, Request, StatsReply,
+    CniGcReply, CniIpam, ErrorKind, FdbEntryInfo, FdbEntryKind, FdbSource, IpamAllocation,
+    NetworkInfo, PeerInfo, PortAddRequest, PortInfo, PortStats, Request, StatsReply,
 };
 use super::ipam::{Ipam, IpamError};
 use super::netconf::{self, PodIfConfig};
 use crate::dataplane::fdb::{EntryKind, PortIdx};
-use crate::dataplane::pipeline::{DomainConf, DomainIdx, PortConf};
-use crate::dataplane::worker::{self, Command, PortIo, WorkerHandle};
+use crate::dataplane::pipeline::{
+    Dest, DomainConf, DomainIdx, PeerConf, PeerIdx, PortConf, UnderlayConf,
+};
+use crate::dataplane::worker::{self, Command, PortIo, Uplink, WorkerHandle};
 use crate::dataplane::{DropCounters, PortCounters};
+use crate::sys::inet::{self, InetSocket};
 use crate::sys::packet::PacketSocket;
 use crate::sys::tap::Tap;
 
@@ -63,6 +67,40 @@ pub struct Daemon {
     port_routes: BTreeMap<String, Vec<RouteSpec>>,
     /// MTU of the underlay interface (pod MTU defaults derive from it).
     underlay_mtu: Option<u16>,
+    uplink: Option<Arc<Uplink>>,
+    node: NodeConfig,
+    peers: BTreeMap<String, Peer>,
+    free_peers: BTreeSet<PeerIdx>,
+    next_peer: PeerIdx,
+    /// Endpoints of other nodes from the datastore: (network, mac) → (ip, peer name).
+    remote_endpoints: BTreeMap<(String, MacAddr), (Option<Ipv4Addr>, String)>,
+}
+
+/// Where a peer's record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSource {
+    Static,
+    Etcd,
+}
+
+/// Another node, as configured statically or published in the datastore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSpec {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    /// L3 pod blocks it serves, by network.
+    #[serde(default)]
+    pub blocks: BTreeMap<String, Vec<Ipv4Net>>,
+}
+
+/// A local endpoint published in cluster mode: (network, MAC, IPs).
+pub type LocalEndpoint = (String, MacAddr, Vec<Ipv4Addr>);
+
+struct Peer {
+    spec: PeerSpec,
+    idx: PeerIdx,
+    source: PeerSource,
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -120,7 +158,23 @@ impl Daemon {
             ipam: Ipam::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
             port_routes: BTreeMap::new(),
             underlay_mtu: None,
+            uplink: None,
+            node: cfg.node.clone().unwrap_or_default(),
+            peers: BTreeMap::new(),
+            free_peers: BTreeSet::new(),
+            next_peer: 0,
+            remote_endpoints: BTreeMap::new(),
         };
+        d.start_uplink()?;
+        for p in &cfg.peers {
+            let spec = PeerSpec {
+                name: p.name.clone(),
+                underlay_ip: p.underlay_ip,
+                blocks: p.blocks.clone(),
+            };
+            d.upsert_peer(spec, PeerSource::Static)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         for n in cfg.networks {
             d.install_network(n, false)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -217,6 +271,7 @@ impl Daemon {
                 to_value(serde_json::json!({}))
             }
             Request::CniCheck(a) => to_value(self.cni_check(&a)?),
+            Request::Peers => to_value(self.peer_list()),
             Request::IpamShow { domain } => to_value(
                 self.ipam
                     .attachments(&domain)
@@ -282,14 +337,38 @@ impl Daemon {
         let dc = DomainConf {
             gateway_ip: conf.gateway_ip(),
             gateway_mac: conf.gateway_mac(),
+            subnet: conf.subnet,
+            kind: conf.kind,
+            vni: conf.vni,
+            encapsulation: conf.encapsulation,
+            mode: conf.mode,
         };
+        if conf.spans_nodes() && self.uplink.is_none() {
+            return Err(err(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "network {:?} spans nodes but this daemon has no underlay ([node] underlay_ip)",
+                    conf.name
+                ),
+            ));
+        }
+        let others: Vec<NetworkConfig> = self
+            .networks
+            .values()
+            .map(|n| n.conf.clone())
+            .chain([conf.clone()])
+            .collect();
+        vswitch_config::check_network_set(&others)
+            .map_err(|e| err(ErrorKind::InvalidConfig, e.to_string()))?;
         if let Err(e) = self.broadcast(|| Command::AddDomain { idx, conf: dc }) {
             let _ = self.broadcast(|| Command::RemoveDomain { idx });
             self.free_domains.insert(idx);
             return Err(e);
         }
+        let name = conf.name.clone();
         self.networks
-            .insert(conf.name.clone(), Network { conf, idx, runtime });
+            .insert(name.clone(), Network { conf, idx, runtime });
+        self.sync_domain_peers(&name);
         Ok(())
     }
 
@@ -367,6 +446,19 @@ impl Daemon {
                 return Err(err(
                     ErrorKind::AddressConflict,
                     format!("ip {ip} is the gateway of network {:?}", r.network),
+                ));
+            }
+            let blocks = &net.conf.blocks;
+            if net.conf.kind == NetworkKind::L3
+                && !blocks.is_empty()
+                && !blocks.iter().any(|b| b.contains(ip))
+            {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!(
+                        "ip {ip} is outside this node's blocks {blocks:?} of L3 network {:?}",
+                        r.network
+                    ),
                 ));
             }
             if !seen.insert(*ip) {
@@ -814,6 +906,261 @@ impl Daemon {
         Ok(reply)
     }
 
+    /// Opens the underlay sockets when this node has an underlay address.
+    fn start_uplink(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let Some(local_ip) = self.node.underlay_ip else {
+            return Ok(());
+        };
+        let mtu = match &self.node.underlay_interface {
+            Some(i) => Some(
+                inet::interface_mtu(i)
+                    .with_context(|| format!("read MTU of underlay interface {i}"))?,
+            ),
+            None => None,
+        };
+        let direct_rx = match &self.node.underlay_interface {
+            Some(i) => {
+                let idx =
+                    crate::sys::if_index(i).with_context(|| format!("underlay interface {i}"))?;
+                Some(PacketSocket::open(idx).with_context(|| format!("AF_PACKET ring on {i}"))?)
+            }
+            None => None,
+        };
+        let up = Arc::new(Uplink {
+            local_ip,
+            vxlan_port: self.node.vxlan_port,
+            tx: InetSocket::raw_sender().context("raw IPv4 socket for the underlay")?,
+            vxlan_rx: InetSocket::udp_bound(self.node.vxlan_port)
+                .with_context(|| format!("bind VXLAN UDP port {}", self.node.vxlan_port))?,
+            ipip_rx: InetSocket::raw_receiver(crate::packet::ipv4::PROTO_IPIP)
+                .context("raw IPIP socket")?,
+            direct_rx,
+        });
+        self.underlay_mtu = mtu;
+        let underlay = UnderlayConf {
+            mtu: mtu.unwrap_or(vswitch_config::DEFAULT_MTU),
+        };
+        for w in &self.workers {
+            w.call(Command::SetUplink {
+                uplink: up.clone(),
+                underlay,
+                poll: w.id == 0,
+            })
+            .context("attach underlay to worker")?;
+        }
+        tracing::info!(%local_ip, vxlan_port = self.node.vxlan_port, underlay_mtu = ?mtu, "underlay ready");
+        self.uplink = Some(up);
+        Ok(())
+    }
+
+    /// Adds or updates a peer (static config or datastore) and refreshes every domain's tables.
+    pub fn upsert_peer(&mut self, spec: PeerSpec, source: PeerSource) -> Result<(), ApiError> {
+        if self.uplink.is_none() {
+            return Err(err(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "peer {:?}: this node has no underlay ([node] underlay_ip)",
+                    spec.name
+                ),
+            ));
+        }
+        if Some(spec.underlay_ip) == self.node.underlay_ip {
+            return Ok(()); // ourselves
+        }
+        if let Some(p) = self.peers.get(&spec.name) {
+            if p.spec == spec {
+                return Ok(());
+            }
+        }
+        let idx = match self.peers.get(&spec.name) {
+            Some(p) => p.idx,
+            None => self.free_peers.pop_first().unwrap_or_else(|| {
+                self.next_peer += 1;
+                self.next_peer - 1
+            }),
+        };
+        let same_subnet = self
+            .node
+            .underlay_subnet
+            .is_some_and(|n| n.contains(&spec.underlay_ip));
+        let conf = PeerConf {
+            underlay_ip: spec.underlay_ip,
+            same_subnet,
+        };
+        self.broadcast(|| Command::SetPeer { idx, conf })?;
+        tracing::info!(peer = %spec.name, ip = %spec.underlay_ip, ?source, same_subnet, "peer up");
+        self.peers
+            .insert(spec.name.clone(), Peer { spec, idx, source });
+        self.sync_all_domain_peers();
+        Ok(())
+    }
+
+    /// Removes a peer (its lease expired, or it left the config).
+    pub fn remove_peer(&mut self, name: &str) {
+        let Some(p) = self.peers.remove(name) else {
+            return;
+        };
+        let idx = p.idx;
+        let _ = self.broadcast(|| Command::RemovePeer { idx });
+        self.free_peers.insert(idx);
+        self.remote_endpoints.retain(|_, (_, node)| node != name);
+        tracing::info!(peer = %name, "peer down");
+        self.sync_all_domain_peers();
+    }
+
+    pub fn peer_names(&self, source: PeerSource) -> Vec<String> {
+        self.peers
+            .values()
+            .filter(|p| p.source == source)
+            .map(|p| p.spec.name.clone())
+            .collect()
+    }
+
+    fn sync_all_domain_peers(&mut self) {
+        let names: Vec<String> = self.networks.keys().cloned().collect();
+        for n in names {
+            self.sync_domain_peers(&n);
+        }
+    }
+
+    /// Pushes a domain's flood list (L2 with VNI: every peer) and routes (L3: peers' blocks).
+    fn sync_domain_peers(&mut self, network: &str) {
+        let Some(n) = self.networks.get(network) else {
+            return;
+        };
+        if !n.conf.spans_nodes() {
+            return;
+        }
+        let domain = n.idx;
+        let peers: Vec<PeerIdx> = match n.conf.kind {
+            NetworkKind::L2 => self.peers.values().map(|p| p.idx).collect(),
+            NetworkKind::L3 => Vec::new(),
+        };
+        let routes: Vec<(Ipv4Net, PeerIdx)> = self
+            .peers
+            .values()
+            .flat_map(|p| {
+                p.spec
+                    .blocks
+                    .get(network)
+                    .into_iter()
+                    .flatten()
+                    .map(move |b| (*b, p.idx))
+            })
+            .collect();
+        let _ = self.broadcast(|| Command::SetDomainPeers {
+            domain,
+            peers: peers.clone(),
+            routes: routes.clone(),
+        });
+    }
+
+    /// An endpoint published by another node (cluster mode).
+    pub fn upsert_remote_endpoint(
+        &mut self,
+        network: &str,
+        mac: MacAddr,
+        ip: Option<Ipv4Addr>,
+        node: &str,
+    ) {
+        let (Some(n), Some(p)) = (self.networks.get(network), self.peers.get(node)) else {
+            return;
+        };
+        if n.conf.kind != NetworkKind::L2 || n.conf.vni.is_none() {
+            return;
+        }
+        let key = (network.to_string(), mac);
+        if self.remote_endpoints.get(&key) == Some(&(ip, node.to_string())) {
+            return;
+        }
+        let (domain, peer) = (n.idx, p.idx);
+        let _ = self.broadcast(|| Command::AddRemoteEndpoint {
+            domain,
+            mac,
+            ip,
+            peer,
+        });
+        self.remote_endpoints.insert(key, (ip, node.to_string()));
+    }
+
+    pub fn remove_remote_endpoint(&mut self, network: &str, mac: MacAddr) {
+        let Some((ip, _)) = self.remote_endpoints.remove(&(network.to_string(), mac)) else {
+            return;
+        };
+        let Some(n) = self.networks.get(network) else {
+            return;
+        };
+        let domain = n.idx;
+        let _ = self.broadcast(|| Command::RemoveRemoteEndpoint { domain, mac, ip });
+    }
+
+    /// Remote endpoints currently known, for reconciliation: (network, mac, node).
+    pub fn remote_endpoint_keys(&self) -> Vec<(String, MacAddr, String)> {
+        self.remote_endpoints
+            .iter()
+            .map(|((n, m), (_, node))| (n.clone(), *m, node.clone()))
+            .collect()
+    }
+
+    /// What this node publishes in cluster mode: its identity and blocks, and its local L2
+    /// endpoints of networks that span nodes.
+    pub fn local_publication(&self) -> (Option<PeerSpec>, Vec<LocalEndpoint>) {
+        let me = self.node.underlay_ip.map(|ip| PeerSpec {
+            name: self.node_name(),
+            underlay_ip: ip,
+            blocks: self
+                .networks
+                .values()
+                .filter(|n| n.conf.kind == NetworkKind::L3 && !n.conf.blocks.is_empty())
+                .map(|n| (n.conf.name.clone(), n.conf.blocks.clone()))
+                .collect(),
+        });
+        let eps = self
+            .ports
+            .values()
+            .filter(|p| {
+                self.networks
+                    .get(&p.info.network)
+                    .is_some_and(|n| n.conf.kind == NetworkKind::L2 && n.conf.vni.is_some())
+            })
+            .map(|p| (p.info.network.clone(), p.info.mac, p.info.ips.clone()))
+            .collect();
+        (me, eps)
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "node".into())
+        })
+    }
+
+    fn peer_list(&self) -> Vec<PeerInfo> {
+        self.peers
+            .values()
+            .map(|p| PeerInfo {
+                name: p.spec.name.clone(),
+                underlay_ip: p.spec.underlay_ip,
+                same_subnet: self
+                    .node
+                    .underlay_subnet
+                    .is_some_and(|n| n.contains(&p.spec.underlay_ip)),
+                source: match p.source {
+                    PeerSource::Static => "static".into(),
+                    PeerSource::Etcd => "etcd".into(),
+                },
+                blocks: p.spec.blocks.clone(),
+                endpoints: self
+                    .remote_endpoints
+                    .values()
+                    .filter(|(_, n)| *n == p.spec.name)
+                    .count(),
+            })
+            .collect()
+    }
+
     fn fdb_show(&self, network: &str) -> Result<Vec<FdbEntryInfo>, ApiError> {
         let n = self.networks.get(network).ok_or_else(|| {
             err(
@@ -822,6 +1169,8 @@ impl Daemon {
             )
         })?;
         let by_idx: BTreeMap<PortIdx, &Port> = self.ports.values().map(|p| (p.idx, p)).collect();
+        let peer_by_idx: BTreeMap<PeerIdx, &Peer> =
+            self.peers.values().map(|p| (p.idx, p)).collect();
         let mut rows: BTreeMap<MacAddr, FdbEntryInfo> = BTreeMap::new();
         rows.insert(
             n.conf.gateway_mac(),
@@ -831,6 +1180,7 @@ impl Daemon {
                 kind: FdbEntryKind::Static,
                 ips: vec![n.conf.gateway_ip()],
                 age_secs: None,
+                source: FdbSource::Local,
             },
         );
         for w in &self.workers {
@@ -841,23 +1191,51 @@ impl Daemon {
             })
             .map_err(|e| sys_err("read FDB", e))?;
             for r in rx.try_iter().flatten() {
-                let Some(port) = by_idx.get(&r.port) else {
-                    continue;
-                };
                 let (kind, age) = match r.kind {
                     EntryKind::Static => (FdbEntryKind::Static, None),
                     EntryKind::Learned => (FdbEntryKind::Learned, Some(r.age_secs)),
                 };
-                let row = FdbEntryInfo {
-                    mac: r.mac,
-                    port: port.info.id.clone(),
-                    kind,
-                    ips: if kind == FdbEntryKind::Static {
-                        port.info.ips.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    age_secs: age,
+                let row = match r.dest {
+                    Dest::Port(i) => {
+                        let Some(port) = by_idx.get(&i) else { continue };
+                        FdbEntryInfo {
+                            mac: r.mac,
+                            port: port.info.id.clone(),
+                            kind,
+                            ips: if kind == FdbEntryKind::Static {
+                                port.info.ips.clone()
+                            } else {
+                                Vec::new()
+                            },
+                            age_secs: age,
+                            source: if kind == FdbEntryKind::Static {
+                                FdbSource::Local
+                            } else {
+                                FdbSource::Learned
+                            },
+                        }
+                    }
+                    Dest::Peer(i) => {
+                        let Some(peer) = peer_by_idx.get(&i) else {
+                            continue;
+                        };
+                        let ip = self
+                            .remote_endpoints
+                            .get(&(network.to_string(), r.mac))
+                            .and_then(|(ip, _)| *ip);
+                        FdbEntryInfo {
+                            mac: r.mac,
+                            port: format!("peer:{}", peer.spec.name),
+                            kind,
+                            ips: ip.into_iter().collect(),
+                            age_secs: age,
+                            source: if kind == FdbEntryKind::Static {
+                                FdbSource::Etcd
+                            } else {
+                                FdbSource::Learned
+                            },
+                        }
+                    }
                 };
                 rows.entry(r.mac)
                     .and_modify(|e| {

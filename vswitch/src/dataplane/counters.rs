@@ -41,6 +41,13 @@ drop_reasons! {
     PortGone => "port_gone": "destination port was removed",
     TxFailed => "tx_failed": "the destination device refused the frame (queue full or down)",
     BufferPoolEmpty => "buffer_pool_empty": "no free packet buffer",
+    NoRoute => "no_route": "no local port or peer block for the destination",
+    TtlExpired => "ttl_expired": "IPv4 TTL would reach zero while routing",
+    L3NotRouted => "l3_not_routed": "an L3 network only routes IPv4 via the gateway; other frames stop here",
+    MtuExceeded => "mtu_exceeded": "too big for the underlay after encapsulation and not IPv4 (no ICMP possible)",
+    UnknownVni => "unknown_vni": "VXLAN with a VNI that no network here uses",
+    UnknownPeer => "unknown_peer": "encapsulated traffic from an address that is not a known peer",
+    MalformedTunnel => "malformed_tunnel": "VXLAN/IPIP/direct packet from the underlay too short or malformed",
 }
 
 /// Drop counters by reason, shared by all workers.

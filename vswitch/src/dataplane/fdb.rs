@@ -87,6 +87,15 @@ impl Fdb {
         }
     }
 
+    /// Removes one MAC's entry.
+    pub fn remove_mac(&mut self, mac: &MacAddr) {
+        if let Some(e) = self.map.remove(mac) {
+            if e.kind == EntryKind::Learned {
+                self.learned -= 1;
+            }
+        }
+    }
+
     /// Removes every entry pointing at `port`.
     pub fn remove_port(&mut self, port: PortIdx) {
         let learned = &mut self.learned;

@@ -1,31 +1,82 @@
 //! The switching pipeline of one worker, free of I/O so it is tested without root:
-//! ingress checks (size, anti-spoofing) → ARP/ICMP answered locally → FDB forwarding, strictly
-//! inside the ingress port's domain. A frame can only ever be sent to ports of the domain of the
-//! port it came from: every output port is taken from that domain's own tables.
+//! ingress checks (size, anti-spoofing) → ARP/ICMP answered locally → L2 forwarding (FDB) or L3
+//! routing (Calico style), strictly inside the ingress port's domain. A frame can only ever go to
+//! ports and peers of the domain it entered: every output is taken from that domain's own tables.
+//!
+//! Frames from other nodes enter through [`Switch::process_tunnel`] (VXLAN, already mapped to a
+//! domain by its VNI) or [`Switch::process_routed_in`] (IPIP or direct routing, mapped by the
+//! destination's L3 network); they are only ever delivered to local ports (split horizon).
 
 use std::net::Ipv4Addr;
 
-use vswitch_config::MacAddr;
+use vswitch_config::{EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkKind};
 
 use super::counters::DropReason;
 use super::fdb::{EntryKind, FastMap, Fdb, PortIdx};
 use crate::packet::{
-    arp, ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet,
+    arp, encap, ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet,
     Ipv6Packet,
 };
 
 pub type DomainIdx = u32;
+pub type PeerIdx = u32;
+
+/// FDB locations above this bit are peers, below are local ports.
+const PEER_BIT: u32 = 1 << 31;
+
+/// Where a MAC lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    Port(PortIdx),
+    Peer(PeerIdx),
+}
+
+impl Dest {
+    fn loc(self) -> u32 {
+        match self {
+            Dest::Port(p) => p,
+            Dest::Peer(p) => p | PEER_BIT,
+        }
+    }
+    fn from_loc(l: u32) -> Dest {
+        if l & PEER_BIT != 0 {
+            Dest::Peer(l & !PEER_BIT)
+        } else {
+            Dest::Port(l)
+        }
+    }
+}
+
+/// How a frame travels to a peer node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The whole Ethernet frame in VXLAN with this VNI.
+    Vxlan { vni: u32 },
+    /// The IPv4 packet (after the Ethernet header) in IPIP.
+    Ipip,
+    /// The IPv4 packet as is, sent to the peer's underlay address.
+    Direct,
+}
 
 /// What to do with a frame after the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Drop(DropReason),
-    /// Send to this port.
+    /// Send to this local port.
     Forward(PortIdx),
-    /// Send to every other port of the ingress port's domain.
-    Flood,
+    /// Send to every other local port of the domain and, if `peers`, to the domain's peers.
+    Flood {
+        peers: bool,
+    },
     /// The frame was rewritten in place into an answer (ARP reply, echo reply): send it back.
     Reply,
+    /// The frame was replaced in place by an answer of this length (ICMP error): send it back.
+    ReplyResized(usize),
+    /// Send to a peer node.
+    Tunnel {
+        peer: PeerIdx,
+        wire: Wire,
+    },
 }
 
 /// A port as the pipeline sees it.
@@ -42,30 +93,82 @@ pub struct PortConf {
 pub struct DomainConf {
     pub gateway_ip: Ipv4Addr,
     pub gateway_mac: MacAddr,
+    pub subnet: Ipv4Net,
+    pub kind: NetworkKind,
+    /// L2: spans nodes over VXLAN with this VNI. L3: VNI used when encapsulating in VXLAN.
+    pub vni: Option<u32>,
+    pub encapsulation: Encapsulation,
+    pub mode: EncapMode,
+}
+
+impl DomainConf {
+    /// A node-local L2 domain (tests and single-node setups).
+    pub fn l2(gateway_ip: Ipv4Addr, gateway_mac: MacAddr, subnet: Ipv4Net) -> DomainConf {
+        DomainConf {
+            gateway_ip,
+            gateway_mac,
+            subnet,
+            kind: NetworkKind::L2,
+            vni: None,
+            encapsulation: Encapsulation::Ipip,
+            mode: EncapMode::Always,
+        }
+    }
+}
+
+/// A peer node as the pipeline sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerConf {
+    pub underlay_ip: Ipv4Addr,
+    /// The peer's underlay IP is inside our underlay subnet (cross-subnet: direct).
+    pub same_subnet: bool,
 }
 
 #[derive(Debug)]
 struct Domain {
     conf: DomainConf,
     ports: Vec<PortIdx>,
-    /// IP → MAC of this domain's ports, for ARP suppression.
+    /// Peers that serve this domain: flood targets (L2 with a VNI).
+    peers: Vec<PeerIdx>,
+    /// L3: pod blocks of peers.
+    routes: Vec<(Ipv4Net, PeerIdx)>,
+    /// IP → MAC of this domain's endpoints (local ports, and remote ones from the datastore), for
+    /// ARP suppression and L3 delivery.
     endpoints: FastMap<Ipv4Addr, MacAddr>,
     fdb: Fdb,
+}
+
+impl Domain {
+    fn route(&self, ip: Ipv4Addr) -> Option<PeerIdx> {
+        self.routes
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, p)| *p)
+    }
 }
 
 /// One FDB row for `fdb show`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdbRow {
     pub mac: MacAddr,
-    pub port: PortIdx,
+    pub dest: Dest,
     pub kind: EntryKind,
     pub age_secs: u64,
+}
+
+/// Underlay facts the pipeline needs for MTU decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayConf {
+    pub mtu: u16,
 }
 
 #[derive(Debug)]
 pub struct Switch {
     ports: Vec<Option<PortConf>>,
     domains: Vec<Option<Domain>>,
+    peers: Vec<Option<PeerConf>>,
+    underlay: Option<UnderlayConf>,
     aging_secs: u64,
     max_learned: usize,
 }
@@ -83,15 +186,23 @@ impl Switch {
         Switch {
             ports: Vec::new(),
             domains: Vec::new(),
+            peers: Vec::new(),
+            underlay: None,
             aging_secs,
             max_learned,
         }
+    }
+
+    pub fn set_underlay(&mut self, u: Option<UnderlayConf>) {
+        self.underlay = u;
     }
 
     pub fn add_domain(&mut self, idx: DomainIdx, conf: DomainConf) {
         *slot(&mut self.domains, idx) = Some(Domain {
             conf,
             ports: Vec::new(),
+            peers: Vec::new(),
+            routes: Vec::new(),
             endpoints: FastMap::default(),
             fdb: Fdb::new(self.aging_secs, self.max_learned),
         });
@@ -104,6 +215,20 @@ impl Switch {
         }
     }
 
+    pub fn domain_conf(&self, idx: DomainIdx) -> Option<&DomainConf> {
+        Some(&self.domains.get(idx as usize)?.as_ref()?.conf)
+    }
+
+    /// The L3 domain whose subnet holds `ip` (IPIP and direct traffic carry no network id;
+    /// configuration guarantees at most one).
+    pub fn l3_domain_for(&self, ip: Ipv4Addr) -> Option<DomainIdx> {
+        self.domains.iter().enumerate().find_map(|(i, d)| {
+            let d = d.as_ref()?;
+            (d.conf.kind == NetworkKind::L3 && d.conf.subnet.contains(&ip))
+                .then_some(i as DomainIdx)
+        })
+    }
+
     /// Adds a port to its domain, with a static FDB entry and ARP endpoints. False if the domain
     /// does not exist.
     pub fn add_port(&mut self, idx: PortIdx, conf: PortConf) -> bool {
@@ -111,7 +236,7 @@ impl Switch {
             return false;
         };
         d.ports.push(idx);
-        d.fdb.add_static(conf.mac, idx);
+        d.fdb.add_static(conf.mac, Dest::Port(idx).loc());
         for ip in &conf.ips {
             d.endpoints.insert(*ip, conf.mac);
         }
@@ -125,7 +250,7 @@ impl Switch {
         };
         if let Some(Some(d)) = self.domains.get_mut(conf.domain as usize) {
             d.ports.retain(|p| *p != idx);
-            d.fdb.remove_port(idx);
+            d.fdb.remove_port(Dest::Port(idx).loc());
             for ip in &conf.ips {
                 if d.endpoints.get(ip) == Some(&conf.mac) {
                     d.endpoints.remove(ip);
@@ -138,13 +263,110 @@ impl Switch {
         self.ports.get(idx as usize)?.as_ref()
     }
 
-    /// Ports a flood from `in_port` goes to: its domain's ports, without `in_port`.
+    /// Adds or updates a peer node.
+    pub fn set_peer(&mut self, idx: PeerIdx, conf: PeerConf) {
+        *slot(&mut self.peers, idx) = Some(conf);
+    }
+
+    pub fn peer(&self, idx: PeerIdx) -> Option<&PeerConf> {
+        self.peers.get(idx as usize)?.as_ref()
+    }
+
+    /// Removes a peer and everything pointing at it.
+    pub fn remove_peer(&mut self, idx: PeerIdx) {
+        if let Some(p) = self.peers.get_mut(idx as usize) {
+            *p = None;
+        }
+        for d in self.domains.iter_mut().flatten() {
+            d.peers.retain(|p| *p != idx);
+            d.routes.retain(|(_, p)| *p != idx);
+            d.fdb.remove_port(Dest::Peer(idx).loc());
+        }
+    }
+
+    /// Sets which peers serve a domain (flood list) and the L3 blocks they own in it.
+    pub fn set_domain_peers(
+        &mut self,
+        domain: DomainIdx,
+        peers: Vec<PeerIdx>,
+        routes: Vec<(Ipv4Net, PeerIdx)>,
+    ) {
+        if let Some(Some(d)) = self.domains.get_mut(domain as usize) {
+            let gone: Vec<PeerIdx> = d
+                .peers
+                .iter()
+                .copied()
+                .filter(|p| !peers.contains(p))
+                .collect();
+            for p in gone {
+                d.fdb.remove_port(Dest::Peer(p).loc());
+            }
+            d.peers = peers;
+            d.routes = routes;
+        }
+    }
+
+    /// A remote endpoint known from the datastore: static FDB entry to its node, ARP answers.
+    pub fn add_remote_endpoint(
+        &mut self,
+        domain: DomainIdx,
+        mac: MacAddr,
+        ip: Option<Ipv4Addr>,
+        peer: PeerIdx,
+    ) {
+        if let Some(Some(d)) = self.domains.get_mut(domain as usize) {
+            if let Some(Dest::Port(_)) = d.fdb.lookup(&mac, u64::MAX).map(Dest::from_loc) {
+                return; // never let a remote record take a local port's MAC
+            }
+            d.fdb.add_static(mac, Dest::Peer(peer).loc());
+            if let Some(ip) = ip {
+                d.endpoints.insert(ip, mac);
+            }
+        }
+    }
+
+    pub fn remove_remote_endpoint(
+        &mut self,
+        domain: DomainIdx,
+        mac: MacAddr,
+        ip: Option<Ipv4Addr>,
+    ) {
+        if let Some(Some(d)) = self.domains.get_mut(domain as usize) {
+            if let Some(Dest::Peer(_)) = d.fdb.lookup(&mac, u64::MAX).map(Dest::from_loc) {
+                d.fdb.remove_mac(&mac);
+                if let Some(ip) = ip {
+                    if d.endpoints.get(&ip) == Some(&mac) {
+                        d.endpoints.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Local ports a flood from `in_port` goes to: its domain's ports, without `in_port`.
     pub fn flood_targets(&self, in_port: PortIdx) -> impl Iterator<Item = PortIdx> + '_ {
         let ports: &[PortIdx] = self
             .port(in_port)
             .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
             .map_or(&[], |d| d.ports.as_slice());
         ports.iter().copied().filter(move |p| *p != in_port)
+    }
+
+    /// Local ports of a domain (flood of a frame that came from a peer).
+    pub fn domain_ports(&self, domain: DomainIdx) -> &[PortIdx] {
+        self.domains
+            .get(domain as usize)
+            .and_then(Option::as_ref)
+            .map_or(&[], |d| d.ports.as_slice())
+    }
+
+    /// Peers a flood from local `in_port` is replicated to, with the domain's VNI.
+    pub fn flood_peers(&self, in_port: PortIdx) -> (&[PeerIdx], u32) {
+        self.port(in_port)
+            .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
+            .and_then(|d| Some((d.peers.as_slice(), d.conf.vni?)))
+            .filter(|_| true)
+            .unwrap_or((&[], 0))
     }
 
     pub fn fdb_rows(&self, domain: DomainIdx, now: u64) -> Vec<FdbRow> {
@@ -156,7 +378,7 @@ impl Switch {
             .filter(|(m, _)| d.fdb.lookup(m, now).is_some())
             .map(|(m, e)| FdbRow {
                 mac: *m,
-                port: e.port,
+                dest: Dest::from_loc(e.port),
                 kind: e.kind,
                 age_secs: now.saturating_sub(e.last_seen),
             })
@@ -170,8 +392,8 @@ impl Switch {
         }
     }
 
-    /// Runs one frame received on `in_port` through the pipeline. `frame` may be rewritten in
-    /// place (answers). `vlan_stripped`: the kernel removed a VLAN tag (AF_PACKET metadata).
+    /// Runs one frame received on local `in_port` through the pipeline. `frame` may be
+    /// rewritten in place (answers, routing). `vlan_stripped`: the kernel removed a VLAN tag.
     pub fn process(
         &mut self,
         in_port: PortIdx,
@@ -203,6 +425,7 @@ impl Switch {
             return Verdict::Drop(DropReason::VlanTagged);
         }
         let gw = domain.conf;
+        let l3 = gw.kind == NetworkKind::L3;
         match eth.ethertype() {
             EtherType::Arp => {
                 let Ok(a) = ArpPacket::new_checked(eth.payload()) else {
@@ -213,28 +436,34 @@ impl Switch {
                 {
                     return Verdict::Drop(DropReason::SpoofedArp);
                 }
-                if a.operation() == arp::OP_REQUEST {
-                    let tip = a.target_ip();
-                    let answer = if tip == gw.gateway_ip {
-                        Some(gw.gateway_mac)
-                    } else if tip != sip {
-                        domain
-                            .endpoints
-                            .get(&tip)
-                            .copied()
-                            .filter(|m| *m != port.mac)
-                    } else {
-                        None
-                    };
-                    if let Some(mac) = answer {
-                        let mut eth = EthernetFrame::new_unchecked(&mut *frame);
-                        eth.set_dst(src);
-                        eth.set_src(mac);
-                        if let Ok(mut a) = ArpPacket::new_checked(eth.payload_mut()) {
-                            a.make_reply(mac);
-                        }
-                        return Verdict::Reply;
+                let tip = a.target_ip();
+                let answer = if a.operation() != arp::OP_REQUEST {
+                    None
+                } else if tip == gw.gateway_ip {
+                    Some(gw.gateway_mac)
+                } else if l3 && tip != sip && !tip.is_unspecified() {
+                    // L3: the switch is every pod's next hop (proxy ARP, as Calico does).
+                    Some(gw.gateway_mac)
+                } else if tip != sip {
+                    domain
+                        .endpoints
+                        .get(&tip)
+                        .copied()
+                        .filter(|m| *m != port.mac)
+                } else {
+                    None
+                };
+                if let Some(mac) = answer {
+                    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+                    eth.set_dst(src);
+                    eth.set_src(mac);
+                    if let Ok(mut a) = ArpPacket::new_checked(eth.payload_mut()) {
+                        a.make_reply(mac);
                     }
+                    return Verdict::Reply;
+                }
+                if l3 {
+                    return Verdict::Drop(DropReason::L3NotRouted);
                 }
             }
             EtherType::Ipv4 => {
@@ -245,13 +474,19 @@ impl Switch {
                     return Verdict::Drop(DropReason::SpoofedSrcIp);
                 }
                 if dst == gw.gateway_mac {
-                    if ip.dst() != gw.gateway_ip
-                        || ip.protocol() != ipv4::PROTO_ICMP
-                        || ip.is_fragment()
-                    {
-                        return Verdict::Drop(DropReason::NotForGateway);
+                    if ip.dst() == gw.gateway_ip {
+                        if ip.protocol() != ipv4::PROTO_ICMP || ip.is_fragment() {
+                            return Verdict::Drop(DropReason::NotForGateway);
+                        }
+                        return answer_echo(frame, gw);
                     }
-                    return answer_echo(frame, gw);
+                    if l3 {
+                        return route_l3(domain, &self.peers, self.underlay, frame);
+                    }
+                    return Verdict::Drop(DropReason::NotForGateway);
+                }
+                if l3 {
+                    return Verdict::Drop(DropReason::L3NotRouted);
                 }
             }
             EtherType::Ipv6 => {
@@ -264,23 +499,178 @@ impl Switch {
                 if !(s.is_unspecified() || s.is_unicast_link_local()) {
                     return Verdict::Drop(DropReason::SpoofedSrcIp);
                 }
+                if l3 {
+                    return Verdict::Drop(DropReason::L3NotRouted);
+                }
             }
             EtherType::Vlan => return Verdict::Drop(DropReason::VlanTagged),
             EtherType::Other(_) => return Verdict::Drop(DropReason::UnsupportedEthertype),
         }
         // L2 forwarding within the domain.
-        domain.fdb.learn(src, in_port, now);
+        domain.fdb.learn(src, Dest::Port(in_port).loc(), now);
+        let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
         if dst.is_multicast() {
-            return Verdict::Flood;
+            return Verdict::Flood { peers: spans };
         }
         if dst == gw.gateway_mac {
             return Verdict::Drop(DropReason::NotForGateway);
         }
-        match domain.fdb.lookup(&dst, now) {
-            Some(p) if p == in_port => Verdict::Drop(DropReason::Hairpin),
-            Some(p) => Verdict::Forward(p),
-            None => Verdict::Flood,
+        match domain.fdb.lookup(&dst, now).map(Dest::from_loc) {
+            Some(Dest::Port(p)) if p == in_port => Verdict::Drop(DropReason::Hairpin),
+            Some(Dest::Port(p)) => Verdict::Forward(p),
+            Some(Dest::Peer(peer)) => match domain.conf.vni {
+                Some(vni) => tunnel_or_too_big(self.underlay, frame, gw, peer, Wire::Vxlan { vni }),
+                None => Verdict::Drop(DropReason::NoRoute),
+            },
+            None => Verdict::Flood { peers: spans },
         }
+    }
+
+    /// A frame that arrived from `peer` over VXLAN for `domain` (the inner Ethernet frame).
+    pub fn process_tunnel(
+        &mut self,
+        domain: DomainIdx,
+        peer: PeerIdx,
+        frame: &mut [u8],
+        now: u64,
+    ) -> Verdict {
+        let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
+            return Verdict::Drop(DropReason::UnknownVni);
+        };
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
+            return Verdict::Drop(DropReason::FrameTooShort);
+        };
+        if d.conf.kind == NetworkKind::L3 {
+            return self.process_routed_in(domain, frame);
+        }
+        let (src, dst) = (eth.src(), eth.dst());
+        if !src.is_valid_unicast() {
+            return Verdict::Drop(DropReason::InvalidSrcMac);
+        }
+        d.fdb.learn(src, Dest::Peer(peer).loc(), now);
+        if dst.is_multicast() {
+            return Verdict::Flood { peers: false };
+        }
+        match d.fdb.lookup(&dst, now).map(Dest::from_loc) {
+            Some(Dest::Port(p)) => Verdict::Forward(p),
+            // Split horizon: what came from a peer never goes back to peers.
+            Some(Dest::Peer(_)) => Verdict::Drop(DropReason::Hairpin),
+            None => Verdict::Flood { peers: false },
+        }
+    }
+
+    /// An IPv4 packet from another node for an L3 domain (IPIP, direct, or VXLAN in L3 mode),
+    /// given as an Ethernet frame whose header the caller reserved: delivered to the local pod
+    /// that owns the destination IP, with our gateway MAC as source.
+    pub fn process_routed_in(&mut self, domain: DomainIdx, frame: &mut [u8]) -> Verdict {
+        let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if frame.len() < ethernet::HEADER_LEN {
+            return Verdict::Drop(DropReason::FrameTooShort);
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]) else {
+            return Verdict::Drop(DropReason::MalformedIpv4);
+        };
+        if ip.ttl() <= 1 {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        let Some(mac) = d.endpoints.get(&ip.dst()).copied() else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let Some(Dest::Port(p)) = d.fdb.lookup(&mac, 0).map(Dest::from_loc) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+        eth.set_dst(mac);
+        eth.set_src(d.conf.gateway_mac);
+        eth.set_ethertype(EtherType::Ipv4);
+        encap::decrement_ttl(&mut frame[ethernet::HEADER_LEN..]);
+        Verdict::Forward(p)
+    }
+}
+
+/// Routes an IPv4 packet a local pod sent to the gateway MAC in an L3 domain.
+fn route_l3(
+    domain: &Domain,
+    peers: &[Option<PeerConf>],
+    underlay: Option<UnderlayConf>,
+    frame: &mut [u8],
+) -> Verdict {
+    let gw = domain.conf;
+    let ip_off = ethernet::HEADER_LEN;
+    let (dst, ttl) = match Ipv4Packet::new_checked(&frame[ip_off..]) {
+        Ok(ip) => (ip.dst(), ip.ttl()),
+        Err(_) => return Verdict::Drop(DropReason::MalformedIpv4),
+    };
+    if ttl <= 1 {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    if let Some(mac) = domain.endpoints.get(&dst).copied() {
+        if let Some(Dest::Port(p)) = domain.fdb.lookup(&mac, 0).map(Dest::from_loc) {
+            let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+            eth.set_dst(mac);
+            eth.set_src(gw.gateway_mac);
+            encap::decrement_ttl(&mut frame[ip_off..]);
+            return Verdict::Forward(p);
+        }
+    }
+    let Some(peer) = domain.route(dst) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let Some(pc) = peers.get(peer as usize).and_then(Option::as_ref) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let direct = match gw.mode {
+        EncapMode::Never => true,
+        EncapMode::CrossSubnet => pc.same_subnet,
+        EncapMode::Always => false,
+    };
+    let wire = match (direct, gw.encapsulation, gw.vni) {
+        (true, _, _) => Wire::Direct,
+        (false, Encapsulation::Ipip, _) => Wire::Ipip,
+        (false, Encapsulation::Vxlan, Some(vni)) => Wire::Vxlan { vni },
+        (false, Encapsulation::Vxlan, None) => return Verdict::Drop(DropReason::NoRoute),
+    };
+    if let Verdict::ReplyResized(n) = tunnel_or_too_big(underlay, frame, gw, peer, wire) {
+        return Verdict::ReplyResized(n);
+    }
+    encap::decrement_ttl(&mut frame[ip_off..]);
+    let mut eth = EthernetFrame::new_unchecked(&mut *frame);
+    eth.set_src(gw.gateway_mac);
+    eth.set_dst(gw.gateway_mac);
+    Verdict::Tunnel { peer, wire }
+}
+
+/// `Tunnel`, unless the encapsulated packet would exceed the underlay MTU: then an ICMP
+/// "fragmentation needed" goes back to the sender (never a silent drop).
+fn tunnel_or_too_big(
+    underlay: Option<UnderlayConf>,
+    frame: &mut [u8],
+    gw: DomainConf,
+    peer: PeerIdx,
+    wire: Wire,
+) -> Verdict {
+    let ip_len = frame.len() - ethernet::HEADER_LEN;
+    let outer = match wire {
+        Wire::Vxlan { .. } => encap::VXLAN_PUSH + frame.len(),
+        Wire::Ipip => encap::IPIP_PUSH + ip_len,
+        Wire::Direct => ip_len,
+    };
+    let Some(u) = underlay else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    if outer <= usize::from(u.mtu) {
+        return Verdict::Tunnel { peer, wire };
+    }
+    let room = usize::from(u.mtu) - (outer - ip_len);
+    let mut icmp = [0u8; 14 + 20 + 8 + 60 + 8];
+    match encap::frag_needed(&mut icmp, frame, gw.gateway_ip, gw.gateway_mac, room as u16) {
+        Some(n) if n <= frame.len() => {
+            frame[..n].copy_from_slice(&icmp[..n]);
+            Verdict::ReplyResized(n)
+        }
+        _ => Verdict::Drop(DropReason::MtuExceeded),
     }
 }
 
@@ -338,10 +728,7 @@ mod tests {
         for d in 0..3 {
             s.add_domain(
                 d,
-                DomainConf {
-                    gateway_ip: GW,
-                    gateway_mac: GW_MAC,
-                },
+                DomainConf::l2(GW, GW_MAC, "192.168.1.0/24".parse().unwrap()),
             );
         }
         let m = |d: u32, n: u8| {
@@ -421,7 +808,10 @@ mod tests {
         );
         // Unknown target: flooded, and only within the domain.
         let mut f = arp_req(mac(11), ip(205), ip(77));
-        assert_eq!(s.process(10, &mut f, false, 0), Verdict::Flood);
+        assert_eq!(
+            s.process(10, &mut f, false, 0),
+            Verdict::Flood { peers: false }
+        );
         assert_eq!(s.flood_targets(10).collect::<Vec<_>>(), vec![11]);
     }
 
@@ -464,7 +854,10 @@ mod tests {
         assert_eq!(s.process(0, &mut f, false, 0), Verdict::Forward(1));
         // A MAC that only exists in domain 1 is unknown in domain 0: flooded within domain 0 only.
         let mut f = icmp_echo(mac(12), mac(1), ip(205), ip(11));
-        assert_eq!(s.process(0, &mut f, false, 0), Verdict::Flood);
+        assert_eq!(
+            s.process(0, &mut f, false, 0),
+            Verdict::Flood { peers: false }
+        );
         assert_eq!(s.flood_targets(0).collect::<Vec<_>>(), vec![1]);
     }
 
@@ -493,7 +886,10 @@ mod tests {
         );
         // ARP probe (sender IP 0.0.0.0) is allowed.
         let mut f = arp_req(mac(1), Ipv4Addr::UNSPECIFIED, ip(77));
-        assert_eq!(s.process(0, &mut f, false, 0), Verdict::Flood);
+        assert_eq!(
+            s.process(0, &mut f, false, 0),
+            Verdict::Flood { peers: false }
+        );
     }
 
     #[test]
@@ -545,9 +941,283 @@ mod tests {
         let mut s = lab();
         s.remove_port(1);
         let mut f = arp_req(mac(1), ip(205), ip(11));
-        assert_eq!(s.process(0, &mut f, false, 0), Verdict::Flood);
+        assert_eq!(
+            s.process(0, &mut f, false, 0),
+            Verdict::Flood { peers: false }
+        );
         assert!(s.fdb_rows(0, 0).iter().all(|r| r.mac != mac(2)));
         assert_eq!(s.flood_targets(0).count(), 0);
+    }
+
+    /// Two L3 domains' worth of setup: local pods .1.5 and .1.6 on node A, a peer in the same
+    /// underlay subnet serving 10.244.2.0/24 and one in another serving 10.244.3.0/24.
+    fn l3(mode: EncapMode, encapsulation: Encapsulation) -> Switch {
+        let mut s = Switch::new(300, 100);
+        s.set_underlay(Some(UnderlayConf { mtu: 1500 }));
+        let conf = DomainConf {
+            gateway_ip: Ipv4Addr::new(10, 244, 0, 1),
+            gateway_mac: GW_MAC,
+            subnet: "10.244.0.0/16".parse().unwrap(),
+            kind: NetworkKind::L3,
+            vni: Some(4096),
+            encapsulation,
+            mode,
+        };
+        s.add_domain(0, conf);
+        s.add_port(
+            0,
+            PortConf {
+                domain: 0,
+                mac: mac(1),
+                ips: vec![Ipv4Addr::new(10, 244, 1, 5)],
+                max_frame: 1514,
+            },
+        );
+        s.add_port(
+            1,
+            PortConf {
+                domain: 0,
+                mac: mac(2),
+                ips: vec![Ipv4Addr::new(10, 244, 1, 6)],
+                max_frame: 1514,
+            },
+        );
+        s.set_peer(
+            0,
+            PeerConf {
+                underlay_ip: Ipv4Addr::new(10, 1, 5, 12),
+                same_subnet: true,
+            },
+        );
+        s.set_peer(
+            1,
+            PeerConf {
+                underlay_ip: Ipv4Addr::new(10, 1, 8, 21),
+                same_subnet: false,
+            },
+        );
+        s.set_domain_peers(
+            0,
+            vec![],
+            vec![
+                ("10.244.2.0/24".parse().unwrap(), 0),
+                ("10.244.3.0/24".parse().unwrap(), 1),
+            ],
+        );
+        s
+    }
+
+    #[test]
+    fn l3_routes_by_mode() {
+        let to = |d: u8| Ipv4Addr::new(10, 244, d, 9);
+        let src = Ipv4Addr::new(10, 244, 1, 5);
+        for (mode, enc, near, far) in [
+            (
+                EncapMode::Always,
+                Encapsulation::Ipip,
+                Wire::Ipip,
+                Wire::Ipip,
+            ),
+            (
+                EncapMode::CrossSubnet,
+                Encapsulation::Ipip,
+                Wire::Direct,
+                Wire::Ipip,
+            ),
+            (
+                EncapMode::Never,
+                Encapsulation::Ipip,
+                Wire::Direct,
+                Wire::Direct,
+            ),
+            (
+                EncapMode::Always,
+                Encapsulation::Vxlan,
+                Wire::Vxlan { vni: 4096 },
+                Wire::Vxlan { vni: 4096 },
+            ),
+            (
+                EncapMode::CrossSubnet,
+                Encapsulation::Vxlan,
+                Wire::Direct,
+                Wire::Vxlan { vni: 4096 },
+            ),
+        ] {
+            let mut s = l3(mode, enc);
+            let mut f = icmp_echo(GW_MAC, mac(1), src, to(2));
+            assert_eq!(
+                s.process(0, &mut f, false, 0),
+                Verdict::Tunnel {
+                    peer: 0,
+                    wire: near
+                },
+                "{mode:?} {enc:?}"
+            );
+            assert_eq!(
+                Ipv4Packet::new_checked(&f[14..]).unwrap().ttl(),
+                63,
+                "TTL decremented"
+            );
+            assert!(Ipv4Packet::new_checked(&f[14..]).unwrap().verify_checksum());
+            let mut f = icmp_echo(GW_MAC, mac(1), src, to(3));
+            assert_eq!(
+                s.process(0, &mut f, false, 0),
+                Verdict::Tunnel { peer: 1, wire: far },
+                "{mode:?} {enc:?}"
+            );
+        }
+        // Local pod: routed to its port with MACs rewritten; unknown block: no route.
+        let mut s = l3(EncapMode::Always, Encapsulation::Ipip);
+        let mut f = icmp_echo(GW_MAC, mac(1), src, Ipv4Addr::new(10, 244, 1, 6));
+        assert_eq!(s.process(0, &mut f, false, 0), Verdict::Forward(1));
+        let e = EthernetFrame::new_checked(&f[..]).unwrap();
+        assert_eq!((e.src(), e.dst()), (GW_MAC, mac(2)));
+        let mut f = icmp_echo(GW_MAC, mac(1), src, to(9));
+        assert_eq!(
+            s.process(0, &mut f, false, 0),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn l3_proxy_arp_and_no_l2_flooding() {
+        let mut s = l3(EncapMode::Always, Encapsulation::Ipip);
+        let src = Ipv4Addr::new(10, 244, 1, 5);
+        let mut f = arp_req(mac(1), src, Ipv4Addr::new(10, 244, 3, 3));
+        assert_eq!(s.process(0, &mut f, false, 0), Verdict::Reply);
+        assert_eq!(
+            ArpPacket::new_checked(&f[14..]).unwrap().sender_mac(),
+            GW_MAC
+        );
+        let mut f = icmp_echo(
+            MacAddr::BROADCAST,
+            mac(1),
+            src,
+            Ipv4Addr::new(10, 244, 255, 255),
+        );
+        assert_eq!(
+            s.process(0, &mut f, false, 0),
+            Verdict::Drop(DropReason::L3NotRouted)
+        );
+    }
+
+    #[test]
+    fn routed_in_delivers_to_local_pod_only() {
+        let mut s = l3(EncapMode::Always, Encapsulation::Ipip);
+        let mut f = icmp_echo(
+            MacAddr::ZERO,
+            MacAddr::ZERO,
+            Ipv4Addr::new(10, 244, 2, 9),
+            Ipv4Addr::new(10, 244, 1, 6),
+        );
+        assert_eq!(s.process_routed_in(0, &mut f), Verdict::Forward(1));
+        let e = EthernetFrame::new_checked(&f[..]).unwrap();
+        assert_eq!((e.src(), e.dst()), (GW_MAC, mac(2)));
+        let mut f = icmp_echo(
+            MacAddr::ZERO,
+            MacAddr::ZERO,
+            Ipv4Addr::new(10, 244, 2, 9),
+            Ipv4Addr::new(10, 244, 1, 99),
+        );
+        assert_eq!(
+            s.process_routed_in(0, &mut f),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(s.l3_domain_for(Ipv4Addr::new(10, 244, 7, 7)), Some(0));
+        assert_eq!(s.l3_domain_for(Ipv4Addr::new(10, 245, 7, 7)), None);
+    }
+
+    #[test]
+    fn too_big_for_the_underlay_gets_frag_needed() {
+        let mut s = l3(EncapMode::Always, Encapsulation::Ipip);
+        let mut f = icmp_echo(
+            GW_MAC,
+            mac(1),
+            Ipv4Addr::new(10, 244, 1, 5),
+            Ipv4Addr::new(10, 244, 2, 9),
+        );
+        f.resize(14 + 1490, 0); // 1490 + 20 outer > 1500
+        let n = 14 + 1490 - 14;
+        f[16..18].copy_from_slice(&(n as u16).to_be_bytes());
+        Ipv4Packet::new_checked(&mut f[14..])
+            .unwrap()
+            .fill_checksum();
+        let Verdict::ReplyResized(len) = s.process(0, &mut f, false, 0) else {
+            panic!("expected an ICMP error")
+        };
+        let ip = Ipv4Packet::new_checked(&f[14..len]).unwrap();
+        let icmp = ip.payload();
+        assert_eq!(
+            (ip.dst(), icmp[0], icmp[1]),
+            (Ipv4Addr::new(10, 244, 1, 5), 3, 4)
+        );
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1480);
+    }
+
+    #[test]
+    fn vxlan_l2_learns_remote_and_keeps_split_horizon() {
+        let mut s = lab();
+        let mut conf = DomainConf::l2(GW, GW_MAC, "192.168.1.0/24".parse().unwrap());
+        conf.vni = Some(100);
+        s.add_domain(5, conf);
+        s.set_underlay(Some(UnderlayConf { mtu: 1500 }));
+        s.add_port(
+            50,
+            PortConf {
+                domain: 5,
+                mac: mac(1),
+                ips: vec![ip(205)],
+                max_frame: 1514,
+            },
+        );
+        s.set_peer(
+            0,
+            PeerConf {
+                underlay_ip: Ipv4Addr::new(10, 1, 5, 12),
+                same_subnet: true,
+            },
+        );
+        s.set_domain_peers(5, vec![0], vec![]);
+        // Broadcast from the local pod floods to peers too; from a peer, only locally.
+        let mut f = arp_req(mac(1), ip(205), ip(77));
+        assert_eq!(
+            s.process(50, &mut f, false, 0),
+            Verdict::Flood { peers: true }
+        );
+        let mut f = arp_req(mac(40), ip(9), ip(205));
+        assert_eq!(
+            s.process_tunnel(5, 0, &mut f, 0),
+            Verdict::Flood { peers: false }
+        );
+        // The remote MAC was learned: unicast to it tunnels to that peer.
+        let mut f = icmp_echo(mac(40), mac(1), ip(205), ip(9));
+        assert_eq!(
+            s.process(50, &mut f, false, 0),
+            Verdict::Tunnel {
+                peer: 0,
+                wire: Wire::Vxlan { vni: 100 }
+            }
+        );
+        // A frame from a peer to another remote MAC is not sent back out.
+        let mut f = icmp_echo(mac(40), mac(41), ip(8), ip(9));
+        assert_eq!(
+            s.process_tunnel(5, 0, &mut f, 0),
+            Verdict::Drop(DropReason::Hairpin)
+        );
+        // Domains without that VNI never see it: the other domains' tables are untouched.
+        assert!(s.fdb_rows(0, 0).iter().all(|r| r.mac != mac(40)));
+        // A remote endpoint from the datastore cannot take a local port's MAC.
+        s.add_remote_endpoint(5, mac(1), Some(ip(200)), 0);
+        assert!(s
+            .fdb_rows(5, 0)
+            .iter()
+            .any(|r| r.mac == mac(1) && r.dest == Dest::Port(50)));
+        s.remove_peer(0);
+        let mut f = icmp_echo(mac(40), mac(1), ip(205), ip(9));
+        assert_eq!(
+            s.process(50, &mut f, false, 0),
+            Verdict::Flood { peers: false }
+        );
     }
 
     proptest! {
@@ -562,7 +1232,7 @@ mod tests {
             }
             match s.process(in_port, &mut data, false, 0) {
                 Verdict::Forward(o) => prop_assert_eq!(s.port(o).unwrap().domain, p),
-                Verdict::Flood => for o in s.flood_targets(in_port) { prop_assert_eq!(s.port(o).unwrap().domain, p); },
+                Verdict::Flood { .. } => for o in s.flood_targets(in_port) { prop_assert_eq!(s.port(o).unwrap().domain, p); },
                 _ => {}
             }
         }

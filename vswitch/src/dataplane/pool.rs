@@ -84,6 +84,11 @@ impl BufferPool {
         &mut self.mem[s..s + BUF_SIZE]
     }
 
+    /// All buffers as one slice (to hand several distinct buffers to one `recvmmsg`).
+    pub fn all_mut(&mut self) -> &mut [u8] {
+        &mut self.mem
+    }
+
     #[inline]
     pub fn frame(&self, d: Desc) -> &[u8] {
         &self.buf(d.buf)[d.off as usize..(d.off + d.len) as usize]

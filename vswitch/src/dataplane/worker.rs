@@ -6,7 +6,9 @@
 //! Each port is polled for rx by exactly one worker; any worker may transmit to any port (tap
 //! writes and AF_PACKET sends are safe from several threads).
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
+use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,8 +16,12 @@ use std::time::{Duration, Instant};
 
 use super::counters::{DropCounters, DropReason, PortCounters};
 use super::fdb::PortIdx;
-use super::pipeline::{DomainConf, DomainIdx, FdbRow, PortConf, Switch, Verdict};
+use super::pipeline::{
+    DomainConf, DomainIdx, FdbRow, PeerConf, PeerIdx, PortConf, Switch, UnderlayConf, Verdict, Wire,
+};
 use super::pool::{BufferPool, Desc, HEADROOM, MAX_FRAME};
+use crate::packet::{encap, ethernet, ipv4, EtherType, EthernetFrame, Ipv4Packet};
+use crate::sys::inet::{self, InetSocket};
 use crate::sys::packet::PacketSocket;
 use crate::sys::poll::{Epoll, Event, EventFd};
 use crate::sys::tap::{Tap, VNET_HDR_LEN};
@@ -29,6 +35,22 @@ const RX_BLOCKS: usize = 4;
 const POOL_BUFFERS: usize = 1024;
 const MAX_LEARNED_PER_DOMAIN: usize = 8192;
 const CONTROL_TOKEN: u64 = u64::MAX;
+const VXLAN_TOKEN: u64 = u64::MAX - 1;
+const IPIP_TOKEN: u64 = u64::MAX - 2;
+const DIRECT_TOKEN: u64 = u64::MAX - 3;
+
+/// The node's underlay sockets: one raw socket sends everything we build (VXLAN, IPIP, direct);
+/// VXLAN arrives on a UDP socket, IPIP on a raw protocol-4 socket, directly routed pod packets
+/// through an AF_PACKET ring on the underlay interface.
+#[derive(Debug)]
+pub struct Uplink {
+    pub local_ip: Ipv4Addr,
+    pub vxlan_port: u16,
+    pub tx: InetSocket,
+    pub vxlan_rx: InetSocket,
+    pub ipip_rx: InetSocket,
+    pub direct_rx: Option<PacketSocket>,
+}
 
 /// The device behind a port.
 #[derive(Debug)]
@@ -69,6 +91,35 @@ pub enum Command {
     DumpFdb {
         domain: DomainIdx,
         reply: mpsc::Sender<Vec<FdbRow>>,
+    },
+    /// Attach the underlay (`poll`: this worker receives from it).
+    SetUplink {
+        uplink: Arc<Uplink>,
+        underlay: UnderlayConf,
+        poll: bool,
+    },
+    SetPeer {
+        idx: PeerIdx,
+        conf: PeerConf,
+    },
+    RemovePeer {
+        idx: PeerIdx,
+    },
+    SetDomainPeers {
+        domain: DomainIdx,
+        peers: Vec<PeerIdx>,
+        routes: Vec<(vswitch_config::Ipv4Net, PeerIdx)>,
+    },
+    AddRemoteEndpoint {
+        domain: DomainIdx,
+        mac: vswitch_config::MacAddr,
+        ip: Option<Ipv4Addr>,
+        peer: PeerIdx,
+    },
+    RemoveRemoteEndpoint {
+        domain: DomainIdx,
+        mac: vswitch_config::MacAddr,
+        ip: Option<Ipv4Addr>,
     },
     Shutdown,
 }
@@ -125,6 +176,12 @@ pub fn spawn(id: usize, aging_secs: u64, drops: Arc<DropCounters>) -> io::Result
                 flood_scratch: Vec::with_capacity(64),
                 started: Instant::now(),
                 now: 0,
+                uplink: None,
+                uplink_tx: Vec::with_capacity(inet::BATCH),
+                peer_by_ip: HashMap::new(),
+                vni_domains: HashMap::new(),
+                direct_next_block: 0,
+                peer_scratch: Vec::with_capacity(16),
             };
             w.run();
         })?;
@@ -158,6 +215,13 @@ struct Worker {
     flood_scratch: Vec<PortIdx>,
     started: Instant,
     now: u64,
+    uplink: Option<Arc<Uplink>>,
+    /// Encapsulated or routed packets waiting for one `sendmmsg` (outer packet, peer IP).
+    uplink_tx: Vec<(Desc, Ipv4Addr)>,
+    peer_by_ip: HashMap<Ipv4Addr, PeerIdx>,
+    vni_domains: HashMap<u32, DomainIdx>,
+    direct_next_block: usize,
+    peer_scratch: Vec<Ipv4Addr>,
 }
 
 impl Worker {
@@ -182,6 +246,9 @@ impl Worker {
             for ev in &events[..n] {
                 match ev.token() {
                     CONTROL_TOKEN => control = true,
+                    VXLAN_TOKEN => self.rx_vxlan(),
+                    IPIP_TOKEN => self.rx_ipip(),
+                    DIRECT_TOKEN => self.rx_direct(),
                     t => self.rx_port(t as PortIdx),
                 }
             }
@@ -206,8 +273,63 @@ impl Worker {
 
     fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::AddDomain { idx, conf } => self.switch.add_domain(idx, conf),
-            Command::RemoveDomain { idx } => self.switch.remove_domain(idx),
+            Command::AddDomain { idx, conf } => {
+                if let Some(vni) = conf.vni {
+                    self.vni_domains.insert(vni, idx);
+                }
+                self.switch.add_domain(idx, conf);
+            }
+            Command::RemoveDomain { idx } => {
+                self.vni_domains.retain(|_, d| *d != idx);
+                self.switch.remove_domain(idx);
+            }
+            Command::SetUplink {
+                uplink,
+                underlay,
+                poll,
+            } => {
+                if poll {
+                    let socks = [
+                        (uplink.vxlan_rx.raw_fd(), VXLAN_TOKEN),
+                        (uplink.ipip_rx.raw_fd(), IPIP_TOKEN),
+                    ];
+                    for (fd, token) in socks {
+                        if let Err(e) = self.epoll.add(fd, token) {
+                            tracing::error!(worker = self.id, "epoll add uplink: {e}");
+                        }
+                    }
+                    if let Some(d) = &uplink.direct_rx {
+                        if let Err(e) = self.epoll.add(d.raw_fd(), DIRECT_TOKEN) {
+                            tracing::error!(worker = self.id, "epoll add underlay ring: {e}");
+                        }
+                    }
+                }
+                self.switch.set_underlay(Some(underlay));
+                self.uplink = Some(uplink);
+            }
+            Command::SetPeer { idx, conf } => {
+                self.peer_by_ip.retain(|_, p| *p != idx);
+                self.peer_by_ip.insert(conf.underlay_ip, idx);
+                self.switch.set_peer(idx, conf);
+            }
+            Command::RemovePeer { idx } => {
+                self.peer_by_ip.retain(|_, p| *p != idx);
+                self.switch.remove_peer(idx);
+            }
+            Command::SetDomainPeers {
+                domain,
+                peers,
+                routes,
+            } => self.switch.set_domain_peers(domain, peers, routes),
+            Command::AddRemoteEndpoint {
+                domain,
+                mac,
+                ip,
+                peer,
+            } => self.switch.add_remote_endpoint(domain, mac, ip, peer),
+            Command::RemoveRemoteEndpoint { domain, mac, ip } => {
+                self.switch.remove_remote_endpoint(domain, mac, ip)
+            }
             Command::AddPort {
                 idx,
                 conf,
@@ -335,21 +457,372 @@ impl Worker {
             vlan,
             self.now,
         );
+        self.apply_verdict(Some(in_port), None, d, verdict);
+        self.pool.release(d.buf);
+    }
+
+    /// Carries out a verdict for frame `d`, which came from local port `in_port` or, for frames
+    /// from the underlay, belongs to `tunnel_domain`.
+    fn apply_verdict(
+        &mut self,
+        in_port: Option<PortIdx>,
+        tunnel_domain: Option<DomainIdx>,
+        d: Desc,
+        verdict: Verdict,
+    ) {
         match verdict {
-            Verdict::Drop(r) => self.count_rx_drop(in_port, r),
+            Verdict::Drop(r) => match in_port {
+                Some(p) => self.count_rx_drop(p, r),
+                None => self.drops.inc(r),
+            },
             Verdict::Forward(p) => self.tx(p, d),
-            Verdict::Reply => self.tx(in_port, d),
-            Verdict::Flood => {
+            Verdict::Reply => {
+                if let Some(p) = in_port {
+                    self.tx(p, d);
+                }
+            }
+            Verdict::ReplyResized(n) => {
+                if let Some(p) = in_port {
+                    self.tx(p, Desc { len: n as u32, ..d });
+                }
+            }
+            Verdict::Flood { peers } => {
                 let mut targets = std::mem::take(&mut self.flood_scratch);
                 targets.clear();
-                targets.extend(self.switch.flood_targets(in_port));
+                match (in_port, tunnel_domain) {
+                    (Some(p), _) => targets.extend(self.switch.flood_targets(p)),
+                    (None, Some(dom)) => targets.extend_from_slice(self.switch.domain_ports(dom)),
+                    (None, None) => {}
+                }
                 for p in &targets {
                     self.tx(*p, d);
                 }
+                if peers {
+                    if let Some(p) = in_port {
+                        self.flood_to_peers(p, d);
+                    }
+                }
                 self.flood_scratch = targets;
             }
+            Verdict::Tunnel { peer, wire } => self.tunnel(peer, wire, d),
         }
-        self.pool.release(d.buf);
+    }
+
+    /// Head-end replication of a flooded frame to every peer of the ingress port's domain. The
+    /// outer headers of each copy are written into the same headroom one after the other, so
+    /// each copy is sent before the next is built.
+    fn flood_to_peers(&mut self, in_port: PortIdx, d: Desc) {
+        let Some(up) = self.uplink.clone() else {
+            return;
+        };
+        let (peers, vni) = self.switch.flood_peers(in_port);
+        let mut targets = std::mem::take(&mut self.peer_scratch);
+        targets.clear();
+        targets.extend(
+            peers
+                .iter()
+                .filter_map(|p| self.switch.peer(*p).map(|c| c.underlay_ip)),
+        );
+        let sport = encap::vxlan_src_port(encap::flow_hash(self.pool.frame(d)));
+        for &dst in &targets {
+            let buf = self.pool.buf_mut(d.buf);
+            let start = encap::push_vxlan(
+                buf,
+                d.off as usize,
+                d.len as usize,
+                up.local_ip,
+                dst,
+                sport,
+                up.vxlan_port,
+                vni,
+            );
+            let pkt = &buf[start..(d.off + d.len) as usize];
+            if up
+                .tx
+                .send_batch(&[(IoSlice::new(pkt), dst)])
+                .map_or(true, |n| n == 0)
+            {
+                self.drops.inc(DropReason::TxFailed);
+            }
+        }
+        self.peer_scratch = targets;
+    }
+
+    /// Encapsulates (or, for direct routing, strips the Ethernet header of) frame `d` for `peer`
+    /// and queues it for the underlay.
+    fn tunnel(&mut self, peer: PeerIdx, wire: Wire, d: Desc) {
+        let (Some(up), Some(pc)) = (self.uplink.clone(), self.switch.peer(peer).copied()) else {
+            self.drops.inc(DropReason::NoRoute);
+            return;
+        };
+        let (off, len) = (d.off as usize, d.len as usize);
+        let eth = ethernet::HEADER_LEN;
+        let out = match wire {
+            Wire::Vxlan { vni } => {
+                let sport = encap::vxlan_src_port(encap::flow_hash(self.pool.frame(d)));
+                let buf = self.pool.buf_mut(d.buf);
+                let start = encap::push_vxlan(
+                    buf,
+                    off,
+                    len,
+                    up.local_ip,
+                    pc.underlay_ip,
+                    sport,
+                    up.vxlan_port,
+                    vni,
+                );
+                Desc {
+                    buf: d.buf,
+                    off: start as u32,
+                    len: (off + len - start) as u32,
+                }
+            }
+            Wire::Ipip => {
+                let buf = self.pool.buf_mut(d.buf);
+                let tos = buf.get(off + eth + 1).copied().unwrap_or(0);
+                let start =
+                    encap::push_ipip(buf, off + eth, len - eth, up.local_ip, pc.underlay_ip, tos);
+                Desc {
+                    buf: d.buf,
+                    off: start as u32,
+                    len: (off + len - start) as u32,
+                }
+            }
+            Wire::Direct => Desc {
+                buf: d.buf,
+                off: (off + eth) as u32,
+                len: (len - eth) as u32,
+            },
+        };
+        self.pool.retain(d.buf);
+        self.uplink_tx.push((out, pc.underlay_ip));
+        if self.uplink_tx.len() >= inet::BATCH {
+            self.flush_uplink();
+        }
+    }
+
+    fn flush_uplink(&mut self) {
+        if self.uplink_tx.is_empty() {
+            return;
+        }
+        let Some(up) = self.uplink.clone() else {
+            for (d, _) in self.uplink_tx.drain(..) {
+                self.pool.release(d.buf);
+            }
+            return;
+        };
+        let n = self.uplink_tx.len().min(inet::BATCH);
+        let mut msgs = [(IoSlice::new(&[]), Ipv4Addr::UNSPECIFIED); inet::BATCH];
+        for (m, (d, ip)) in msgs.iter_mut().zip(&self.uplink_tx) {
+            *m = (IoSlice::new(self.pool.frame(*d)), *ip);
+        }
+        let mut sent = 0;
+        while sent < n {
+            match up.tx.send_batch(&msgs[sent..n]) {
+                Ok(0) => break,
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("underlay send: {e}");
+                    // Skip the packet the kernel refused (e.g. EMSGSIZE, no route) and go on.
+                    self.drops.inc(DropReason::TxFailed);
+                    sent += 1;
+                }
+            }
+        }
+        for (d, _) in self.uplink_tx.drain(..) {
+            self.pool.release(d.buf);
+        }
+    }
+
+    /// Receives a batch from `sock` into fresh pool buffers at `off`; calls `f(self, desc, src)`
+    /// for each datagram.
+    fn rx_datagrams(
+        &mut self,
+        which: u64,
+        off: usize,
+        mut f: impl FnMut(&mut Self, Desc, Ipv4Addr),
+    ) {
+        let Some(up) = self.uplink.clone() else {
+            return;
+        };
+        let sock = if which == VXLAN_TOKEN {
+            &up.vxlan_rx
+        } else {
+            &up.ipip_rx
+        };
+        for _ in 0..4 {
+            let mut bufs = [0 as super::pool::BufIdx; inet::BATCH];
+            let mut k = 0;
+            while k < inet::BATCH {
+                match self.pool.alloc() {
+                    Some(b) => {
+                        bufs[k] = b;
+                        k += 1;
+                    }
+                    None => break,
+                }
+            }
+            if k == 0 {
+                self.drops.inc(DropReason::BufferPoolEmpty);
+                return;
+            }
+            let mut out = [(0usize, Ipv4Addr::UNSPECIFIED); inet::BATCH];
+            let mut ranges = [(0usize, 0usize); inet::BATCH];
+            for (r, b) in ranges.iter_mut().zip(&bufs[..k]) {
+                *r = (
+                    *b as usize * super::pool::BUF_SIZE + off,
+                    super::pool::BUF_SIZE - off,
+                );
+            }
+            let got = sock.recv_into(self.pool.all_mut(), &ranges[..k], &mut out);
+            let got = got.unwrap_or_default();
+            for (i, b) in bufs[..k].iter().enumerate() {
+                if i >= got {
+                    self.pool.release(*b);
+                }
+            }
+            for (i, (len, src)) in out[..got].iter().enumerate() {
+                f(
+                    self,
+                    Desc {
+                        buf: bufs[i],
+                        off: off as u32,
+                        len: *len as u32,
+                    },
+                    *src,
+                );
+            }
+            self.flush_all();
+            if got < k {
+                return;
+            }
+        }
+    }
+
+    fn rx_vxlan(&mut self) {
+        // The 8-byte VXLAN header lands just before HEADROOM, so the inner frame starts there.
+        self.rx_datagrams(VXLAN_TOKEN, HEADROOM - encap::VXLAN_HDR_LEN, |w, d, src| {
+            let payload = w.pool.frame(d);
+            let vni = match encap::parse_vxlan(payload) {
+                Ok(v) => v,
+                Err(_) => {
+                    w.drops.inc(DropReason::MalformedTunnel);
+                    w.pool.release(d.buf);
+                    return;
+                }
+            };
+            let Some(&peer) = w.peer_by_ip.get(&src) else {
+                w.drops.inc(DropReason::UnknownPeer);
+                w.pool.release(d.buf);
+                return;
+            };
+            let Some(&dom) = w.vni_domains.get(&vni) else {
+                w.drops.inc(DropReason::UnknownVni);
+                w.pool.release(d.buf);
+                return;
+            };
+            let inner = Desc {
+                buf: d.buf,
+                off: HEADROOM as u32,
+                len: d.len - encap::VXLAN_HDR_LEN as u32,
+            };
+            let now = w.now;
+            let range = inner.off as usize..(inner.off + inner.len) as usize;
+            let verdict =
+                w.switch
+                    .process_tunnel(dom, peer, &mut w.pool.buf_mut(d.buf)[range], now);
+            w.apply_verdict(None, Some(dom), inner, verdict);
+            w.pool.release(d.buf);
+        });
+    }
+
+    fn rx_ipip(&mut self) {
+        // Outer IPv4 header (20 bytes without options) lands before HEADROOM; the inner packet at
+        // HEADROOM, with room for the Ethernet header we write in front of it.
+        self.rx_datagrams(IPIP_TOKEN, HEADROOM - ipv4::MIN_HEADER_LEN, |w, d, src| {
+            let (hl, total) = match encap::outer_ipv4(w.pool.frame(d)) {
+                Ok((_, hl, total)) => (hl, total),
+                Err(_) => {
+                    w.drops.inc(DropReason::MalformedTunnel);
+                    w.pool.release(d.buf);
+                    return;
+                }
+            };
+            if !w.peer_by_ip.contains_key(&src) {
+                w.drops.inc(DropReason::UnknownPeer);
+                w.pool.release(d.buf);
+                return;
+            }
+            let inner_off = d.off as usize + hl;
+            let inner_len = total.min(d.len as usize).saturating_sub(hl);
+            w.deliver_routed(Desc {
+                buf: d.buf,
+                off: (inner_off - ethernet::HEADER_LEN) as u32,
+                len: (inner_len + ethernet::HEADER_LEN) as u32,
+            });
+            w.pool.release(d.buf);
+        });
+    }
+
+    /// Directly routed pod packets arriving on the underlay interface.
+    fn rx_direct(&mut self) {
+        let Some(up) = self.uplink.clone() else {
+            return;
+        };
+        let Some(ring) = &up.direct_rx else { return };
+        let mut next = self.direct_next_block;
+        ring.rx_blocks(&mut next, RX_BLOCKS, |frame, _vlan| {
+            let Ok(eth) = EthernetFrame::new_checked(frame) else {
+                return;
+            };
+            if eth.ethertype() != EtherType::Ipv4 {
+                return;
+            }
+            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                return;
+            };
+            // Only packets for our L3 networks' pods; everything else on the wire is not ours.
+            if self.switch.l3_domain_for(ip.dst()).is_none() || ip.dst() == up.local_ip {
+                return;
+            }
+            if frame.len() > MAX_FRAME {
+                return;
+            }
+            let Some(b) = self.pool.alloc() else {
+                self.drops.inc(DropReason::BufferPoolEmpty);
+                return;
+            };
+            self.pool.buf_mut(b)[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+            self.deliver_routed(Desc {
+                buf: b,
+                off: HEADROOM as u32,
+                len: frame.len() as u32,
+            });
+            self.pool.release(b);
+        });
+        self.direct_next_block = next;
+        self.flush_all();
+    }
+
+    /// Delivers an IPv4 packet from another node (Ethernet header space at `d.off`) to its pod.
+    fn deliver_routed(&mut self, d: Desc) {
+        let dst = match Ipv4Packet::new_checked(&self.pool.frame(d)[ethernet::HEADER_LEN..]) {
+            Ok(ip) => ip.dst(),
+            Err(_) => {
+                self.drops.inc(DropReason::MalformedTunnel);
+                return;
+            }
+        };
+        let Some(dom) = self.switch.l3_domain_for(dst) else {
+            self.drops.inc(DropReason::NoRoute);
+            return;
+        };
+        let range = d.off as usize..(d.off + d.len) as usize;
+        let verdict = self
+            .switch
+            .process_routed_in(dom, &mut self.pool.buf_mut(d.buf)[range]);
+        self.apply_verdict(None, Some(dom), d, verdict);
     }
 
     /// Sends (tap) or queues (AF_PACKET) frame `d` to port `p`. The caller keeps its own
@@ -386,6 +859,7 @@ impl Worker {
     }
 
     fn flush_all(&mut self) {
+        self.flush_uplink();
         for p in 0..self.ports.len() {
             if matches!(&self.ports[p], Some(wp) if !wp.pending.is_empty()) {
                 self.flush(p as PortIdx);

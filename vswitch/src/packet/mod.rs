@@ -3,6 +3,7 @@
 //! mutable buffers, and nothing copies the payload. Parsing never panics on any input.
 
 pub mod arp;
+pub mod encap;
 pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;

@@ -8,6 +8,7 @@
 //! `clippy::undocumented_unsafe_blocks`.
 #![allow(unsafe_code)]
 
+pub mod inet;
 pub mod packet;
 pub mod poll;
 pub mod tap;
