@@ -268,7 +268,8 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
         .copied()
         .filter(|(k, _)| *k != "CNI_NETNS")
         .collect();
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             e.clone(),
