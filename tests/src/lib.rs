@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static CAPTURE_COUNTER: AtomicUsize = AtomicUsize::new(0);
 

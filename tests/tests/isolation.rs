@@ -4,8 +4,8 @@
 //! ARP floods. Proven with pings and with tcpdump captures in every pod; every pod has a distinct
 //! MAC so each captured frame can be attributed to its sender.
 //!
-//! The scenario runs with tap ports, with af_packet ports, and with networks of both kinds in
-//! one switch (the attach kind is a property of the network, see SPEC `network add --attach`).
+//! The scenario runs with tap ports, with af_packet ports, and mixed: networks of both default
+//! kinds in one switch, each with one tap and one af_packet pod (`port add --attach`).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ const GATEWAY: &str = "192.168.1.1";
 const SHARED_IP: &str = "192.168.1.205";
 const BROADCAST: &str = "192.168.1.255";
 const UNKNOWN_IP: &str = "192.168.1.77";
+/// UDP port marking frames sent to MACs of other networks.
+const MARK_PORT: u16 = 4300;
 
 struct Net {
     name: String,
@@ -46,7 +48,9 @@ fn fail(d: &Daemon, what: &str, problems: &[String]) -> ! {
 
 /// Builds the switch with three networks of the given attach kinds and two pods each.
 /// Network 0 comes from the daemon config, networks 1 and 2 from `vswitchctl network add`.
-fn setup(lab: &mut Lab, attach: [&str; 3]) -> (Daemon, Vec<Net>) {
+/// With `mixed`, each network's second pod is attached with the other port kind than the
+/// network's default (`port add --attach`), so tap and af_packet ports share one L2 domain.
+fn setup(lab: &mut Lab, attach: [&str; 3], mixed: bool) -> (Daemon, Vec<Net>) {
     let node = lab.netns("node").unwrap();
     let cfg = format!(
         "workers = 2\n[[network]]\nname = \"neta\"\nsubnet = \"{SUBNET}\"\nattach = \"{}\"\n",
@@ -84,15 +88,20 @@ fn setup(lab: &mut Lab, attach: [&str; 3]) -> (Daemon, Vec<Net>) {
                 SHARED_IP,
             )
             .unwrap();
-        let uniq = lab
-            .add_pod(
-                &d,
-                &format!("p{k}u"),
-                names[i],
-                &format!("02:00:00:00:0{k}:10"),
-                &format!("192.168.1.1{k}"),
-            )
-            .unwrap();
+        let uniq_kind = if mixed {
+            other_kind(attach[i])
+        } else {
+            attach[i]
+        };
+        let uniq = add_pod_as(
+            lab,
+            &d,
+            &format!("p{k}u"),
+            names[i],
+            &format!("02:00:00:00:0{k}:10"),
+            &format!("192.168.1.1{k}"),
+            uniq_kind,
+        );
         nets.push(Net {
             name: names[i].to_string(),
             attach: attach[i].to_string(),
@@ -117,7 +126,12 @@ fn setup(lab: &mut Lab, attach: [&str; 3]) -> (Daemon, Vec<Net>) {
                 .find(|e| e["id"] == p.id.as_str())
                 .unwrap_or_else(|| panic!("port {} missing from port list: {ports:?}", p.id));
             assert_eq!(e["network"], n.name.as_str(), "{e}");
-            assert_eq!(e["attach"], n.attach.as_str(), "{e}");
+            let want = if mixed && p.id.ends_with('u') {
+                other_kind(&n.attach)
+            } else {
+                n.attach.as_str()
+            };
+            assert_eq!(e["attach"], want, "{e}");
             assert_eq!(
                 e["mac"].as_str().unwrap_or("").to_ascii_lowercase(),
                 p.mac,
@@ -251,7 +265,7 @@ fn provoke(lab: &Lab, nets: &[Net], k: usize) -> Vec<String> {
                     ],
                 );
                 let own: Vec<&str> = n.pods.iter().map(|q| q.ip.as_str()).collect();
-                let mut v = Vec::new();
+                let mut foreign = BTreeSet::new();
                 for l in out.lines().filter(|l| l.contains("bytes from ")) {
                     let from = l
                         .split("bytes from ")
@@ -261,11 +275,17 @@ fn provoke(lab: &Lab, nets: &[Net], k: usize) -> Vec<String> {
                     // The own network's pods (including the sender itself: Linux loops its
                     // broadcasts back) and the gateway may answer; IPs of other networks not.
                     if from != GATEWAY && !own.contains(&from) {
-                        v.push(format!(
-                            "{} ({}) broadcast ping answered by {from}: {l}",
-                            p.id, n.name
-                        ));
+                        foreign.insert(from.to_string());
                     }
+                }
+                let mut v = Vec::new();
+                if !foreign.is_empty() {
+                    v.push(format!(
+                        "{} ({}) broadcast ping answered by {foreign:?}, not in its network:\n{}",
+                        p.id,
+                        n.name,
+                        vswitch_lab::tail(&out, 6)
+                    ));
                 }
                 v
             }));
@@ -275,10 +295,15 @@ fn provoke(lab: &Lab, nets: &[Net], k: usize) -> Vec<String> {
                     &p.ns,
                     10,
                     &[
-                        "arping", "-b", "-c", "5", "-i", "0.4", "-w", "4", "-I", "eth1", UNKNOWN_IP,
+                        "arping", "-b", "-c", "5", "-w", "6", "-I", "eth1", UNKNOWN_IP,
                     ],
                 );
-                if ok || out.contains("reply from") {
+                if !out.contains("Sent 5 probes") {
+                    vec![format!(
+                        "{} ({}): arping {UNKNOWN_IP} did not run as expected:\n{out}",
+                        p.id, n.name
+                    )]
+                } else if ok || out.contains("reply from") {
                     vec![format!(
                         "{} ({}) got an ARP answer for {UNKNOWN_IP}, which nobody has:\n{out}",
                         p.id, n.name
@@ -288,13 +313,64 @@ fn provoke(lab: &Lab, nets: &[Net], k: usize) -> Vec<String> {
                 }
             }));
         }
+        // Unicast to MACs that only exist in other networks (unknown in this network: at most
+        // flooded inside it), marked with UDP port 4300; and IPv4 multicast to all hosts.
+        let foreign_pods: Vec<&Pod> = nets
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != k)
+            .flat_map(|(_, o)| o.pods.iter())
+            .collect();
+        hs.push(s.spawn(move || {
+            let frames: Vec<String> = foreign_pods
+                .iter()
+                .map(|f| {
+                    format!(
+                        "Ether(src='{}', dst='{}')/IP(src='{}', dst='{}')/UDP(sport={MARK_PORT}, \
+                         dport={MARK_PORT})/Raw(b'x'*32)",
+                        uniq.mac, f.mac, uniq.ip, f.ip
+                    )
+                })
+                .collect();
+            match lab.scapy(
+                &uniq.ns,
+                &format!("sendp([{}]*3, iface='eth1')", frames.join(", ")),
+            ) {
+                Ok(_) => vec![],
+                Err(e) => vec![format!("{}: scapy failed: {e:#}", uniq.id)],
+            }
+        }));
+        hs.push(s.spawn(move || {
+            let (_, out) = lab.exec_bounded(
+                &uniq.ns,
+                10,
+                &[
+                    "ping",
+                    "-n",
+                    "-c",
+                    "5",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-I",
+                    "eth1",
+                    "224.0.0.1",
+                ],
+            );
+            if out.contains("bytes from ") || out.contains("transmitted") {
+                vec![]
+            } else {
+                vec![format!("{}: multicast ping did not run:\n{out}", uniq.id)]
+            }
+        }));
         // ARP for the shared IP from the unique pod: answered with the own network's MAC only.
         hs.push(s.spawn(move || {
             let (ok, out) = lab.exec_bounded(
                 &uniq.ns,
                 10,
                 &[
-                    "arping", "-b", "-c", "5", "-i", "0.4", "-w", "4", "-I", "eth1", SHARED_IP,
+                    "arping", "-b", "-c", "5", "-w", "6", "-I", "eth1", SHARED_IP,
                 ],
             );
             let mut v = Vec::new();
@@ -321,13 +397,61 @@ fn provoke(lab: &Lab, nets: &[Net], k: usize) -> Vec<String> {
     problems
 }
 
-fn scenario(test: &str, attach: [&str; 3]) {
+fn other_kind(k: &str) -> &'static str {
+    if k == "tap" {
+        "af_packet"
+    } else {
+        "tap"
+    }
+}
+
+/// Like `Lab::add_pod`, with an explicit port kind.
+fn add_pod_as(
+    lab: &mut Lab,
+    d: &Daemon,
+    short: &str,
+    network: &str,
+    mac: &str,
+    ip: &str,
+    kind: &str,
+) -> Pod {
+    let ns = lab.netns(short).unwrap();
+    d.ctl(&[
+        "port",
+        "add",
+        "--netns",
+        &ns,
+        "--network",
+        network,
+        "--ifname",
+        "eth1",
+        "--id",
+        short,
+        "--mac",
+        mac,
+        "--ip",
+        ip,
+        "--attach",
+        kind,
+    ])
+    .unwrap_or_else(|e| panic!("port add {short} ({kind}): {e:#}\n{}", d.log_tail(40)));
+    Pod {
+        ns,
+        network: network.to_string(),
+        id: short.to_string(),
+        ifname: "eth1".to_string(),
+        mac: mac.to_ascii_lowercase(),
+        ip: ip.to_string(),
+    }
+}
+
+fn scenario(test: &str, attach: [&str; 3], mixed: bool) {
     if !require_root(test) {
         return;
     }
     let t0 = Instant::now();
     let mut lab = Lab::new().unwrap();
-    let (d, nets) = setup(&mut lab, attach);
+    let (d, nets) = setup(&mut lab, attach, mixed);
     check_connectivity(&lab, &d, &nets);
     eprintln!("{test}: setup + connectivity in {:?}", t0.elapsed());
 
@@ -376,7 +500,12 @@ fn scenario(test: &str, attach: [&str; 3]) {
             let mut bad = Vec::new();
             for l in lines {
                 let low = l.to_ascii_lowercase();
-                if let Some(m) = foreign_macs.iter().find(|m| low.contains(m.as_str())) {
+                let src = frame_src_mac(l).unwrap_or("");
+                if foreign_macs.contains(src) {
+                    bad.push(format!("  [source MAC {src} of another network] {l}"));
+                } else if l.contains(&format!(".{MARK_PORT} >")) {
+                    // The own network's probes to foreign MACs: their destination is foreign.
+                } else if let Some(m) = foreign_macs.iter().find(|m| low.contains(m.as_str())) {
                     bad.push(format!("  [MAC {m} of another network] {l}"));
                 } else if let Some(ip) = frame_sender_ip(l).filter(|ip| foreign_ips.contains(ip)) {
                     bad.push(format!("  [sender {ip} of another network] {l}"));
@@ -415,6 +544,11 @@ fn scenario(test: &str, attach: [&str; 3]) {
     // FDB: exactly the network's own pods (and optionally its gateway).
     for n in &nets {
         let fdb = d.fdb(&n.name).unwrap();
+        eprintln!(
+            "{test}: fdb show {}: {}",
+            n.name,
+            serde_json::to_string(&fdb).unwrap_or_default()
+        );
         let macs = d.fdb_macs(&n.name).unwrap();
         let own = n.macs();
         let mut allowed = own.clone();
@@ -437,6 +571,15 @@ fn scenario(test: &str, attach: [&str; 3]) {
                         "fdb show {}: {} should be on port {}: {e}",
                         n.name, p.mac, p.id
                     ));
+                }
+                // `ips` is optional; when present it is the pod's own IP only.
+                if let Some(ips) = e["ips"].as_array() {
+                    if ips.len() != 1 || ips[0] != p.ip.as_str() {
+                        problems.push(format!(
+                            "fdb show {}: {} should list ips [{}]: {e}",
+                            n.name, p.mac, p.ip
+                        ));
+                    }
                 }
             }
         }
@@ -461,7 +604,7 @@ fn scenario(test: &str, attach: [&str; 3]) {
 
 #[test]
 fn isolation_tap() {
-    scenario("isolation_tap", ["tap", "tap", "tap"]);
+    scenario("isolation_tap", ["tap", "tap", "tap"], false);
 }
 
 #[test]
@@ -469,6 +612,7 @@ fn isolation_af_packet() {
     scenario(
         "isolation_af_packet",
         ["af_packet", "af_packet", "af_packet"],
+        false,
     );
 }
 
@@ -477,6 +621,7 @@ fn isolation_mixed_tap_and_af_packet() {
     scenario(
         "isolation_mixed_tap_and_af_packet",
         ["tap", "af_packet", "tap"],
+        true,
     );
 }
 
@@ -485,5 +630,6 @@ fn isolation_mixed_af_packet_and_tap() {
     scenario(
         "isolation_mixed_af_packet_and_tap",
         ["af_packet", "tap", "af_packet"],
+        true,
     );
 }

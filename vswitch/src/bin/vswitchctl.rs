@@ -137,6 +137,9 @@ enum PortCmd {
         /// Route to install: CIDR or `default`, optionally `=NEXTHOP` (default: the gateway). Repeatable.
         #[arg(long = "route")]
         routes: Vec<RouteSpec>,
+        /// Port kind for this pod (tap or af_packet); default: the network's.
+        #[arg(long)]
+        attach: Option<AttachKind>,
     },
     /// Detach a pod: remove its interface and FDB entries.
     Del { id: String },
@@ -279,6 +282,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             mac,
             ips,
             routes,
+            attach,
         }) => {
             let req = PortAddRequest {
                 id: id.clone(),
@@ -288,6 +292,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 mac: *mac,
                 ips: ips.clone(),
                 routes: routes.clone(),
+                attach: *attach,
             };
             let p: PortInfo = call(cli, Request::PortAdd(req))?;
             if cli.json {

@@ -175,6 +175,9 @@ pub struct PortAddRequest {
     /// Routes to install in the pod (next hop defaults to the network gateway).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Port kind for this pod; default: the network's `attach`. Kinds may be mixed in a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<AttachKind>,
 }
 
 /// What kind of failure a request met; stable strings for scripts and the CNI plugin.

@@ -569,7 +569,8 @@ impl Daemon {
             }
         }
         // Create the device and configure the pod side; on failure undo and report.
-        let (io, host_ifname) = match conf.attach {
+        let attach = r.attach.unwrap_or(conf.attach);
+        let (io, host_ifname) = match attach {
             vswitch_config::AttachKind::Tap => {
                 let tmp = self.next_link_name("vst");
                 let tap = Tap::create(&tmp).map_err(|e| sys_err("create tap", e))?;
@@ -634,7 +635,7 @@ impl Daemon {
             netns: r.netns.clone(),
             ifname: r.ifname.clone(),
             host_ifname,
-            attach: conf.attach,
+            attach,
             mac,
             ips: r.ips.clone(),
             mtu,
@@ -653,7 +654,7 @@ impl Daemon {
             let _ = self.port_del(&id);
             return Err(sys_err("install port", e));
         }
-        tracing::info!(port = %id, network = %r.network, attach = %conf.attach, %mac, ips = ?r.ips, "port added");
+        tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
         self.ports.insert(id, port);
         Ok(info)
     }
@@ -801,6 +802,7 @@ impl Daemon {
             mac: r.mac,
             ips: addrs.iter().map(|a| a.ip).collect(),
             routes: routes.clone(),
+            attach: r.attach,
         };
         let added = self
             .port_add(req, Some(r.container_id.clone()))
