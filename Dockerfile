@@ -2,6 +2,8 @@
 # Build: docker build -t vswitch:dev .   (run as a privileged, hostNetwork DaemonSet: deploy/)
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# etcd-client generates its gRPC code with protoc.
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked --bins -p vswitch -p vswitch-cni
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use vswitch::control::{daemon::Daemon, server};
+use vswitch::control::{cluster, daemon::Daemon, server};
 use vswitch_config::DaemonConfig;
 
 /// Userspace virtual switch daemon: isolated L2 networks for pods over tap and AF_PACKET ports.
@@ -60,7 +60,12 @@ fn main() -> anyhow::Result<()> {
     let listener = server::bind(&cfg.socket)?;
     let socket = cfg.socket.clone();
     let (workers, networks) = (cfg.workers, cfg.networks.len());
+    let cluster = cfg.cluster.clone();
     let daemon = Arc::new(Mutex::new(Daemon::start(cfg)?));
+    if let Some(c) = cluster {
+        tracing::info!(endpoints = ?c.etcd_endpoints, "cluster mode");
+        cluster::spawn(c, daemon.clone()).context("start cluster thread")?;
+    }
     tracing::info!(socket = %socket.display(), workers, networks, "vswitchd ready");
     {
         let daemon = daemon.clone();

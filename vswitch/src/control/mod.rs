@@ -2,6 +2,7 @@
 //! interface plumbing it drives.
 
 pub mod api;
+pub mod cluster;
 pub mod daemon;
 pub mod ipam;
 pub mod netconf;
