@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod runtimes;
+pub mod topo;
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static CAPTURE_COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -518,15 +518,6 @@ impl Daemon {
                 ),
             ));
         }
-        if netconf::link_exists_in(&ns, &r.ifname) {
-            return Err(err(
-                ErrorKind::PortExists,
-                format!(
-                    "interface {:?} already exists in netns {:?}",
-                    r.ifname, r.netns
-                ),
-            ));
-        }
         Ok(mac)
     }
 
@@ -577,7 +568,7 @@ impl Daemon {
                 if let Err(e) = netconf::move_and_configure(&ns, &pod_if(&tmp, &r, mac, &conf, mtu))
                 {
                     drop(tap); // closing the fd removes the tap wherever it is
-                    return Err(sys_err("configure pod interface", e));
+                    return Err(pod_if_err(&r, e));
                 }
                 (PortIo::Tap(tap), r.ifname.clone())
             }
@@ -587,7 +578,7 @@ impl Daemon {
                 netconf::create_host_veth(&host, &peer, mtu)
                     .map_err(|e| sys_err("create veth", e))?;
                 let opened = netconf::move_and_configure(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
-                    .map_err(|e| sys_err("configure pod interface", e))
+                    .map_err(|e| pod_if_err(&r, e))
                     .and_then(|_| {
                         crate::sys::if_index(&host).map_err(|e| sys_err("find host veth", e))
                     })
@@ -653,6 +644,9 @@ impl Daemon {
             self.ports.insert(id.clone(), port);
             let _ = self.port_del(&id);
             return Err(sys_err("install port", e));
+        }
+        if let Some(w) = self.workers.get(owner) {
+            let _ = w.call(Command::Announce { idx });
         }
         tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
         self.ports.insert(id, port);
@@ -1302,4 +1296,17 @@ fn ipam_err(e: IpamError) -> ApiError {
         _ => ErrorKind::AddressConflict,
     };
     err(kind, e.to_string())
+}
+
+fn pod_if_err(r: &PortAddRequest, e: netconf::NetconfError) -> ApiError {
+    if e.is_exists() {
+        return err(
+            ErrorKind::PortExists,
+            format!(
+                "interface {:?} already exists in netns {:?}",
+                r.ifname, r.netns
+            ),
+        );
+    }
+    sys_err("configure pod interface", e)
 }

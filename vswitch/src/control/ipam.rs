@@ -70,13 +70,18 @@ pub fn choose(
     for (si, set) in plan.range_sets.iter().enumerate() {
         let mut pick = None;
         for (ri, ip) in requested.iter().enumerate() {
-            let Some(range) = set.iter().find(|r| r.subnet.contains(ip)) else {
+            // The range that holds the IP, else (for a clear error) one whose subnet does.
+            let Some(range) = set
+                .iter()
+                .find(|r| r.contains(*ip))
+                .or_else(|| set.iter().find(|r| r.subnet.contains(ip)))
+            else {
                 continue;
             };
             if let Some((prev, _)) = pick {
                 return Err(IpamError::SameRangeSet(prev, *ip));
             }
-            if *ip == range.gateway {
+            if set.iter().any(|r| r.gateway == *ip) {
                 return Err(IpamError::Gateway(*ip));
             }
             if !range.contains(*ip) {
@@ -346,6 +351,23 @@ mod tests {
             choose(&p, &used, &[ip("192.168.1.205")], &[None]),
             Err(IpamError::Taken { .. })
         ));
+    }
+
+    #[test]
+    fn static_ip_in_a_later_range_of_the_same_subnet() {
+        let p = plan(
+            r#"{"type":"vswitch","ranges":[[{"subnet":"192.168.1.0/24","rangeStart":"192.168.1.100","rangeEnd":"192.168.1.139"},
+                {"subnet":"192.168.1.0/24","rangeStart":"192.168.1.205","rangeEnd":"192.168.1.205"}]]}"#,
+        );
+        let used = BTreeMap::new();
+        assert_eq!(
+            choose(&p, &used, &[ip("192.168.1.205")], &[None]).unwrap()[0].ip,
+            ip("192.168.1.205")
+        );
+        assert_eq!(
+            choose(&p, &used, &[ip("192.168.1.150")], &[None]),
+            Err(IpamError::NotInRange(ip("192.168.1.150")))
+        );
     }
 
     #[test]

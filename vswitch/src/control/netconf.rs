@@ -68,11 +68,6 @@ pub fn ip_in(netns: &Path, args: &[&str]) -> Result<String, NetconfError> {
         .args(args))
 }
 
-/// True if `ifname` exists in the namespace at `netns`.
-pub fn link_exists_in(netns: &Path, ifname: &str) -> bool {
-    ip_in(netns, &["link", "show", "dev", ifname]).is_ok()
-}
-
 /// Writes a sysctl of the daemon's namespace, e.g. `net/ipv6/conf/X/disable_ipv6`.
 pub fn sysctl(key: &str, value: &str) -> Result<(), NetconfError> {
     let path = format!("/proc/sys/{key}");
@@ -91,29 +86,70 @@ pub struct PodIfConfig<'a> {
     pub routes: &'a [RouteSpec],
 }
 
-/// Moves link `tmp_name` (in the daemon's namespace) into `netns` and configures it there.
+/// Moves link `tmp_name` (in the daemon's namespace) into `netns` and configures it there:
+/// two child processes in all (the move, then one `ip -batch` inside the pod namespace that stops
+/// at the first failing command), since process start-up dominates a CNI ADD.
 pub fn move_and_configure(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
     let ns = netns.to_string_lossy();
     ip(&["link", "set", "dev", c.tmp_name, "netns", &ns])?;
-    let mac = c.mac.to_string();
-    let mtu = c.mtu.to_string();
-    ip_in(
-        netns,
-        &[
-            "link", "set", "dev", c.tmp_name, "name", c.ifname, "address", &mac, "mtu", &mtu,
-        ],
-    )?;
+    let mut batch = format!(
+        "link set dev {} name {} address {} mtu {}\n",
+        c.tmp_name, c.ifname, c.mac, c.mtu
+    );
     for a in c.ips {
-        let cidr = format!("{a}/{}", c.subnet.prefix_len());
-        ip_in(netns, &["addr", "add", &cidr, "dev", c.ifname])?;
+        batch += &format!("addr add {a}/{} dev {}\n", c.subnet.prefix_len(), c.ifname);
     }
-    ip_in(netns, &["link", "set", "dev", c.ifname, "up"])?;
+    batch += &format!("link set dev {} up\n", c.ifname);
     for r in c.routes {
-        let dst = r.dst.to_string();
-        let via = r.via.unwrap_or(c.gateway).to_string();
-        ip_in(netns, &["route", "add", &dst, "via", &via, "dev", c.ifname])?;
+        batch += &format!(
+            "route add {} via {} dev {}\n",
+            r.dst,
+            r.via.unwrap_or(c.gateway),
+            c.ifname
+        );
+    }
+    let mut net = std::ffi::OsString::from("--net=");
+    net.push(netns);
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(net).args(["--", "ip", "-batch", "-"]);
+    run_with_stdin(&mut cmd, &batch)
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<(), NetconfError> {
+    use std::io::Write;
+    let text = format!("{cmd:?} <<< {input:?}").replace('"', "");
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| NetconfError::Spawn {
+            cmd: text.clone(),
+            source,
+        })?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| NetconfError::Spawn {
+            cmd: text.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetconfError::Command {
+            cmd: text,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
+}
+
+impl NetconfError {
+    /// The failure was a name that already exists (the interface name in the pod).
+    pub fn is_exists(&self) -> bool {
+        matches!(self, NetconfError::Command { stderr, .. } if stderr.contains("File exists"))
+    }
 }
 
 /// Deletes `ifname` inside `netns`, ignoring "not found" (used for rollback and port removal).

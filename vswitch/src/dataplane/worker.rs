@@ -121,6 +121,11 @@ pub enum Command {
         mac: vswitch_config::MacAddr,
         ip: Option<Ipv4Addr>,
     },
+    /// Flood a gratuitous ARP for each IP of a new port (L2 domains), so that neighbours that
+    /// cached an old owner of a reused IP learn the new MAC at once.
+    Announce {
+        idx: PortIdx,
+    },
     Shutdown,
 }
 
@@ -327,6 +332,7 @@ impl Worker {
                 ip,
                 peer,
             } => self.switch.add_remote_endpoint(domain, mac, ip, peer),
+            Command::Announce { idx } => self.announce(idx),
             Command::RemoveRemoteEndpoint { domain, mac, ip } => {
                 self.switch.remove_remote_endpoint(domain, mac, ip)
             }
@@ -459,6 +465,48 @@ impl Worker {
         );
         self.apply_verdict(Some(in_port), None, d, verdict);
         self.pool.release(d.buf);
+    }
+
+    fn announce(&mut self, idx: PortIdx) {
+        let Some(conf) = self.switch.port(idx).cloned() else {
+            return;
+        };
+        if self
+            .switch
+            .domain_conf(conf.domain)
+            .is_none_or(|d| d.kind != vswitch_config::NetworkKind::L2)
+        {
+            return;
+        }
+        let peers = !self.switch.flood_peers(idx).0.is_empty();
+        for ip in &conf.ips {
+            let Some(b) = self.pool.alloc() else {
+                self.drops.inc(DropReason::BufferPoolEmpty);
+                return;
+            };
+            let f = &mut self.pool.buf_mut(b)[HEADROOM..HEADROOM + 60];
+            f.fill(0);
+            let mut eth = EthernetFrame::new_unchecked(&mut *f);
+            eth.set_dst(vswitch_config::MacAddr::BROADCAST);
+            eth.set_src(conf.mac);
+            eth.set_ethertype(EtherType::Arp);
+            crate::packet::arp::emit(
+                &mut f[ethernet::HEADER_LEN..],
+                crate::packet::arp::OP_REQUEST,
+                conf.mac,
+                *ip,
+                vswitch_config::MacAddr::ZERO,
+                *ip,
+            );
+            let d = Desc {
+                buf: b,
+                off: HEADROOM as u32,
+                len: 60,
+            };
+            self.apply_verdict(Some(idx), None, d, Verdict::Flood { peers });
+            self.pool.release(b);
+        }
+        self.flush_all();
     }
 
     /// Carries out a verdict for frame `d`, which came from local port `in_port` or, for frames
