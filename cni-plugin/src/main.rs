@@ -271,17 +271,23 @@ impl Plugin {
             domain: self.conf.domain().to_string(),
             valid: unique.into_iter().collect(),
         })?;
-        eprintln!(
-            "vswitch CNI GC: removed {} port(s), released {} allocation(s)",
-            reply.removed_ports.len(),
-            reply.released.len()
+        log(
+            self.conf.log_file.as_deref(),
+            &format!(
+                "vswitch CNI GC: removed {} port(s), released {} allocation(s)",
+                reply.removed_ports.len(),
+                reply.released.len()
+            ),
         );
         if !self.builtin_ipam() {
             let t = self.conf.ipam_type().unwrap_or_default().to_string();
             if let Err(e) = delegate::exec(&t, "GC", &self.env, &self.raw) {
-                eprintln!(
-                    "vswitch CNI GC: IPAM plugin {t} GC: {} ({})",
-                    e.msg, e.details
+                log(
+                    self.conf.log_file.as_deref(),
+                    &format!(
+                        "vswitch CNI GC: IPAM plugin {t} GC: {} ({})",
+                        e.msg, e.details
+                    ),
                 );
             }
         }
@@ -293,6 +299,25 @@ impl Plugin {
             CniError::new(code::NOT_AVAILABLE, "vswitchd is not available")
                 .details(format!("{} ({})", e.msg, e.details))
         })
+    }
+}
+
+/// Writes a log line to stderr (runtimes collect it) and, if the config names one, to `logFile`.
+fn log(log_file: Option<&std::path::Path>, line: &str) {
+    eprintln!("{line}");
+    if let Some(p) = log_file {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let _ = writeln!(f, "{ts} {line}");
+        }
     }
 }
 
@@ -374,13 +399,31 @@ fn main() -> ExitCode {
         println!("{out}");
         return ExitCode::FAILURE;
     }
-    let version = serde_json::from_slice::<Value>(&stdin)
-        .ok()
+    let parsed = serde_json::from_slice::<Value>(&stdin).ok();
+    let version = parsed
+        .as_ref()
         .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
+    let log_file = parsed
+        .as_ref()
+        .and_then(|v| v.get("logFile")?.as_str().map(PathBuf::from));
+    let who = format!(
+        "vswitch CNI {cmd} container={} ifname={}",
+        std::env::var("CNI_CONTAINERID").unwrap_or_default(),
+        std::env::var("CNI_IFNAME").unwrap_or_default()
+    );
     match run(&cmd, stdin) {
         Ok(Some(v)) => {
+            if cmd == "ADD" {
+                let ips: Vec<&str> = v["ips"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["address"].as_str())
+                    .collect();
+                log(log_file.as_deref(), &format!("{who}: ok {}", ips.join(",")));
+            }
             println!("{v}");
             ExitCode::SUCCESS
         }

@@ -41,6 +41,9 @@ pub struct NetConf {
     /// vswitchd control socket.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Also append the plugin's log lines to this file (stderr always gets them).
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub ipam: Option<serde_json::Value>,
     #[serde(default)]
