@@ -257,6 +257,16 @@ impl Lab {
         }
     }
 
+    /// A node namespace running vswitchd with one network `net` (192.168.1.0/24) whose pods
+    /// attach as `attach`; `extra` is more daemon config (e.g. `workers = 2`).
+    pub fn node_with_network(&mut self, attach: &str, extra: &str) -> Result<Daemon> {
+        let node = self.netns("node")?;
+        self.daemon(
+            &node,
+            &format!("{extra}\n[[network]]\nname = \"net\"\nsubnet = \"192.168.1.0/24\"\nattach = \"{attach}\"\n"),
+        )
+    }
+
     /// `ip netns exec NS CMD...` with output, whatever the exit status.
     pub fn exec(&self, ns: &str, cmd: &[&str]) -> Result<Output> {
         run(Command::new("ip").args(["netns", "exec", ns]).args(cmd))

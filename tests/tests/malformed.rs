@@ -229,15 +229,7 @@ fn scenario(test: &str, attach: &str) {
     }
     let t0 = Instant::now();
     let mut lab = Lab::new().unwrap();
-    let node = lab.netns("node").unwrap();
-    let d = lab
-        .daemon(
-            &node,
-            &format!(
-                "[[network]]\nname = \"net\"\nsubnet = \"192.168.1.0/24\"\nattach = \"{attach}\"\n"
-            ),
-        )
-        .unwrap();
+    let d = lab.node_with_network(attach, "").unwrap();
     let p1 = lab
         .add_pod(&d, "p1", "net", "02:00:00:00:00:11", "192.168.1.11")
         .unwrap();

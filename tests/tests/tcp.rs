@@ -116,15 +116,7 @@ fn scenario(test: &str, attach: &str) {
     }
     let t0 = Instant::now();
     let mut lab = Lab::new().unwrap();
-    let node = lab.netns("node").unwrap();
-    let d = lab
-        .daemon(
-            &node,
-            &format!(
-                "workers = 2\n[[network]]\nname = \"net\"\nsubnet = \"192.168.1.0/24\"\nattach = \"{attach}\"\n"
-            ),
-        )
-        .unwrap();
+    let d = lab.node_with_network(attach, "workers = 2").unwrap();
     let c = lab
         .add_pod(&d, "cli", "net", "02:00:00:00:00:21", "192.168.1.21")
         .unwrap();
