@@ -38,6 +38,12 @@ pub struct UdpResult {
     /// Packets the iperf3 server process got (sent - lost) per second.
     pub app_rx_pps: Option<f64>,
     pub app_lost_percent: Option<f64>,
+    /// Where the packets went: tx_dropped delta of the client pod's interface (a tap whose
+    /// reader falls behind drops here), and the vswitchd port counters (rx of the client's
+    /// port, tx of the server's port) over the test.
+    pub client_tx_dropped: Option<u64>,
+    pub switch_rx_from_client: Option<u64>,
+    pub switch_tx_to_server: Option<u64>,
     pub cpu: CpuUse,
 }
 
@@ -158,29 +164,62 @@ pub fn tcp(topo: &mut Topology, secs: u64) -> Result<TcpResult> {
     })
 }
 
-fn rx_packets(topo: &Topology) -> Result<u64> {
-    let path = format!("/sys/class/net/{}/statistics/rx_packets", topo.server_if);
+/// A counter of `/sys/class/net/IF/statistics/` read inside `ns`.
+fn if_counter(topo: &Topology, ns: &str, ifname: &str, counter: &str) -> Result<u64> {
+    let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
     let f = run_bounded(
-        &mut in_netns(&topo.server_ns, &["cat", &path]),
+        &mut in_netns(ns, &["cat", &path]),
         Duration::from_secs(10),
         &topo.lab.dir,
-        "rx",
+        "counter",
     )?;
     f.stdout
         .trim()
         .parse()
-        .with_context(|| format!("read {path} in {}: {}", topo.server_ns, f.describe()))
+        .with_context(|| format!("read {path} in {ns}: {}", f.describe()))
+}
+
+fn rx_packets(topo: &Topology) -> Result<u64> {
+    if_counter(topo, &topo.server_ns, &topo.server_if, "rx_packets")
+}
+
+/// (rx_packets of the client's port, tx_packets of the server's port) in vswitchd.
+fn switch_port_counters(topo: &Topology) -> Option<(u64, u64)> {
+    let stats = topo.daemon.as_ref()?.ctl_json(&["stats"]).ok()?;
+    let ports = stats["ports"].as_array()?;
+    let find = |ifname: &str, key: &str| {
+        ports
+            .iter()
+            .find(|p| {
+                p["id"]
+                    .as_str()
+                    .is_some_and(|id| id.ends_with(&format!(":{ifname}")))
+            })
+            .and_then(|p| p[key].as_u64())
+    };
+    Some((
+        find(&topo.client_if, "rx_packets")?,
+        find(&topo.server_if, "tx_packets")?,
+    ))
+}
+
+fn delta(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(b?.saturating_sub(a?))
 }
 
 /// UDP with 18 B payload (64 B frames), `iperf3 -u -b 0`, `secs` seconds.
 pub fn udp(topo: &mut Topology, secs: u64) -> Result<UdpResult> {
     let server = start_server(topo, "udp")?;
     let len = UDP_PAYLOAD.to_string();
+    let drop0 = if_counter(topo, &topo.client_ns, &topo.client_if, "tx_dropped").ok();
+    let sw0 = switch_port_counters(topo);
     let n0 = rx_packets(topo);
     let s0 = cpu::snap(topo.switch_pid());
     let res = iperf_client(topo, secs, &["-u", "-l", &len, "-b", "0"], "udp");
     let s1 = cpu::snap(topo.switch_pid());
     let n1 = rx_packets(topo);
+    let sw1 = switch_port_counters(topo);
+    let drop1 = if_counter(topo, &topo.client_ns, &topo.client_if, "tx_dropped").ok();
     stop_server(topo, server);
     let v = res?;
     let (n0, n1) = (n0?, n1?);
@@ -212,6 +251,9 @@ pub fn udp(topo: &mut Topology, secs: u64) -> Result<UdpResult> {
         nic_rx_pps: nic as f64 / secs as f64,
         app_rx_pps,
         app_lost_percent: recv["lost_percent"].as_f64(),
+        client_tx_dropped: delta(drop0, drop1),
+        switch_rx_from_client: delta(sw0.map(|x| x.0), sw1.map(|x| x.0)),
+        switch_tx_to_server: delta(sw0.map(|x| x.1), sw1.map(|x| x.1)),
         cpu: cpu::delta(&s0, &s1),
     })
 }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cpu::CpuUse;
 use crate::measure::{PingResult, TcpResult, UdpResult};
 
 /// Everything measured for one configuration in one run.
@@ -16,6 +17,8 @@ pub struct RunRecord {
     pub run: usize,
     pub description: String,
     pub notes: Vec<String>,
+    /// CPU use during one idle second before the tests.
+    pub idle: Option<CpuUse>,
     /// Empty when every step worked.
     pub errors: Vec<String>,
     pub ping: Option<PingResult>,
@@ -36,6 +39,7 @@ impl RunRecord {
             run,
             description: description.to_string(),
             notes: Vec::new(),
+            idle: None,
             errors: Vec::new(),
             ping: None,
             tcp: None,
@@ -63,6 +67,8 @@ enum Metric {
     PingMaxUs,
     SwitchCpuTcp,
     SwitchCpuUdp,
+    SwitchIdleCores,
+    BgBusyCores,
 }
 
 const METRICS: &[(Metric, &str)] = &[
@@ -75,6 +81,8 @@ const METRICS: &[(Metric, &str)] = &[
     (Metric::PingMaxUs, "ping max us"),
     (Metric::SwitchCpuTcp, "switch CPU s (TCP)"),
     (Metric::SwitchCpuUdp, "switch CPU s (UDP)"),
+    (Metric::SwitchIdleCores, "switch CPU idle cores"),
+    (Metric::BgBusyCores, "machine busy cores idle"),
 ];
 
 fn metric(r: &RunRecord, m: Metric) -> Option<f64> {
@@ -88,6 +96,8 @@ fn metric(r: &RunRecord, m: Metric) -> Option<f64> {
         Metric::PingMaxUs => r.ping.as_ref().map(|p| p.max_us),
         Metric::SwitchCpuTcp => r.tcp.as_ref()?.cpu.switch_cpu_secs,
         Metric::SwitchCpuUdp => r.udp.as_ref()?.cpu.switch_cpu_secs,
+        Metric::SwitchIdleCores => r.idle.as_ref()?.switch_cores,
+        Metric::BgBusyCores => r.idle.as_ref()?.machine_busy_cores,
     }
 }
 
@@ -98,7 +108,12 @@ fn fmt_metric(m: Metric, v: Option<f64>) -> String {
             Metric::TcpGbps => format!("{v:.2}"),
             Metric::TcpRetr | Metric::PingAvgUs | Metric::PingMaxUs => format!("{v:.0}"),
             Metric::UdpSentKpps | Metric::UdpNicKpps | Metric::UdpAppKpps => format!("{v:.1}"),
-            Metric::SwitchCpuTcp | Metric::SwitchCpuUdp => format!("{v:.2}"),
+            Metric::SwitchCpuTcp
+            | Metric::SwitchCpuUdp
+            | Metric::SwitchIdleCores
+            | Metric::BgBusyCores => {
+                format!("{v:.2}")
+            }
         },
     }
 }
@@ -168,6 +183,9 @@ pub struct Summary {
     pub ping_max_us: Option<f64>,
     pub switch_cpu_secs_tcp: Option<f64>,
     pub switch_cpu_secs_udp: Option<f64>,
+    pub switch_idle_cores: Option<f64>,
+    /// Busy cores on the machine in the idle second before the tests (other workloads).
+    pub machine_busy_cores_idle: Option<f64>,
     /// Median over runs of the ratio against each baseline measured in the same run.
     pub vs: BTreeMap<String, Ratios>,
 }
@@ -222,6 +240,8 @@ pub fn summarize(records: &[RunRecord]) -> Vec<Summary> {
                 ping_max_us: med(Metric::PingMaxUs),
                 switch_cpu_secs_tcp: med(Metric::SwitchCpuTcp),
                 switch_cpu_secs_udp: med(Metric::SwitchCpuUdp),
+                switch_idle_cores: med(Metric::SwitchIdleCores),
+                machine_busy_cores_idle: med(Metric::BgBusyCores),
                 vs,
             }
         })
@@ -239,6 +259,8 @@ fn summary_metric(s: &Summary, m: Metric) -> Option<f64> {
         Metric::PingMaxUs => s.ping_max_us,
         Metric::SwitchCpuTcp => s.switch_cpu_secs_tcp,
         Metric::SwitchCpuUdp => s.switch_cpu_secs_udp,
+        Metric::SwitchIdleCores => s.switch_idle_cores,
+        Metric::BgBusyCores => s.machine_busy_cores_idle,
     }
 }
 
@@ -407,6 +429,30 @@ pub fn render(records: &[RunRecord], runs: usize) -> String {
                 let first: String = e.lines().take(6).collect::<Vec<_>>().join("\n    ");
                 let _ = writeln!(out, "  {} run {}: {first}", r.config, r.run);
             }
+        }
+    }
+    let paths: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let u = r.udp.as_ref()?;
+            let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+            Some(format!(
+                "  {} run {}: sent {} | client if tx_dropped {} | switch rx {} | switch tx {} | server if rx {}",
+                r.config,
+                r.run,
+                u.sent_packets,
+                opt(u.client_tx_dropped),
+                opt(u.switch_rx_from_client),
+                opt(u.switch_tx_to_server),
+                u.nic_rx_packets
+            ))
+        })
+        .collect();
+    if !paths.is_empty() {
+        out.push_str("\nUDP64 packets along the path (switch rx/tx: vswitchd port counters):\n");
+        for p in paths {
+            out.push_str(&p);
+            out.push('\n');
         }
     }
     let drops: Vec<&RunRecord> = records

@@ -109,6 +109,7 @@ pub fn parse_specs(names: &[String]) -> Result<Vec<Spec>> {
 pub struct Topology {
     pub client_ns: String,
     pub server_ns: String,
+    pub client_if: String,
     pub server_if: String,
     pub daemon: Option<Daemon>,
     /// Facts worth keeping with the results (bridge-nf setting, host interface names, ...).
@@ -162,6 +163,7 @@ pub fn build(spec: Spec, workers: usize) -> Result<Topology> {
     let topo = Topology {
         client_ns,
         server_ns,
+        client_if,
         server_if,
         daemon,
         notes,
@@ -344,7 +346,7 @@ fn build_vswitch(
                     server_ns
                 };
                 offloads_off(lab, pod_ns, ifname)?;
-                if !host.is_empty() {
+                if spec.kind == Kind::VswitchAfPacket && !host.is_empty() {
                     offloads_off(lab, node, host)?;
                 }
             }
@@ -361,6 +363,17 @@ fn build_vswitch(
             tail(&daemon.log_text(), 3000)
         );
     }
+    let pid = daemon.pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    notes.push(format!(
+        "switch CPU from /proc/{pid}/stat (comm {}, {threads} threads)",
+        comm.trim()
+    ));
     if let Ok(s) = daemon.ctl(&["status"]) {
         notes.push(format!("vswitchctl status: {}", s.trim()));
     }
