@@ -61,7 +61,13 @@ fn main() -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let (workers, networks) = (cfg.workers, cfg.networks.len());
     let cluster = cfg.cluster.clone();
-    let daemon = Arc::new(Mutex::new(Daemon::start(cfg)?));
+    let daemon = match Daemon::start(cfg) {
+        Ok(d) => Arc::new(Mutex::new(d)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
     if let Some(c) = cluster {
         tracing::info!(endpoints = ?c.etcd_endpoints, "cluster mode");
         cluster::spawn(c, daemon.clone()).context("start cluster thread")?;

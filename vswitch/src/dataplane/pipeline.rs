@@ -365,7 +365,6 @@ impl Switch {
         self.port(in_port)
             .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
             .and_then(|d| Some((d.peers.as_slice(), d.conf.vni?)))
-            .filter(|_| true)
             .unwrap_or((&[], 0))
     }
 
