@@ -599,7 +599,9 @@ impl Worker {
     /// Encapsulates (or, for direct routing, strips the Ethernet header of) frame `d` for `peer`
     /// and queues it for the underlay.
     fn tunnel(&mut self, peer: PeerIdx, wire: Wire, d: Desc) {
-        let (Some(up), Some(pc)) = (self.uplink.clone(), self.switch.peer(peer).copied()) else {
+        // Copies, not an Arc clone: no atomic refcount traffic per packet.
+        let up = self.uplink.as_ref().map(|u| (u.local_ip, u.vxlan_port));
+        let (Some((local_ip, vxlan_port)), Some(pc)) = (up, self.switch.peer(peer).copied()) else {
             self.drops.inc(DropReason::NoRoute);
             return;
         };
@@ -613,10 +615,10 @@ impl Worker {
                     buf,
                     off,
                     len,
-                    up.local_ip,
+                    local_ip,
                     pc.underlay_ip,
                     sport,
-                    up.vxlan_port,
+                    vxlan_port,
                     vni,
                 );
                 Desc {
@@ -629,7 +631,7 @@ impl Worker {
                 let buf = self.pool.buf_mut(d.buf);
                 let tos = buf.get(off + eth + 1).copied().unwrap_or(0);
                 let start =
-                    encap::push_ipip(buf, off + eth, len - eth, up.local_ip, pc.underlay_ip, tos);
+                    encap::push_ipip(buf, off + eth, len - eth, local_ip, pc.underlay_ip, tos);
                 Desc {
                     buf: d.buf,
                     off: start as u32,
