@@ -8,8 +8,8 @@ COPY . .
 RUN cargo build --release --locked --bins -p vswitch -p vswitch-cni
 
 FROM debian:bookworm-slim
-# iproute2, util-linux (nsenter), ethtool: pod interface plumbing; no other runtime dependency.
-RUN apt-get update && apt-get install -y --no-install-recommends iproute2 util-linux ethtool \
+# iproute2 + util-linux (nsenter): pod interface plumbing; no other runtime dependency.
+RUN apt-get update && apt-get install -y --no-install-recommends iproute2 util-linux \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/vswitchd /src/target/release/vswitchctl /usr/local/bin/
 COPY --from=build /src/target/release/vswitch /opt/cni/bin/vswitch

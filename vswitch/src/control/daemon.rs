@@ -564,9 +564,17 @@ impl Daemon {
         let (io, host_ifname) = match attach {
             vswitch_config::AttachKind::Tap => {
                 let tmp = self.next_link_name("vst");
-                let tap = Tap::create(&tmp).map_err(|e| sys_err("create tap", e))?;
-                if let Err(e) = netconf::move_and_configure(&ns, &pod_if(&tmp, &r, mac, &conf, mtu))
-                {
+                // Created inside the pod's namespace: no device move needed afterwards.
+                let name = tmp.clone();
+                let tap = crate::sys::netns::run_in_netns(&ns, move || Tap::create(&name))
+                    .map_err(|e| {
+                        err(
+                            ErrorKind::NetnsNotFound,
+                            format!("enter netns {:?}: {e}", r.netns),
+                        )
+                    })?
+                    .map_err(|e| sys_err("create tap", e))?;
+                if let Err(e) = netconf::configure_in(&ns, &pod_if(&tmp, &r, mac, &conf, mtu)) {
                     drop(tap); // closing the fd removes the tap wherever it is
                     return Err(pod_if_err(&r, e));
                 }
@@ -575,9 +583,9 @@ impl Daemon {
             vswitch_config::AttachKind::AfPacket => {
                 let host = self.next_link_name("vsh");
                 let peer = self.next_link_name("vsp");
-                netconf::create_host_veth(&host, &peer, mtu)
+                netconf::create_host_veth(&host, &peer, mtu, &ns)
                     .map_err(|e| sys_err("create veth", e))?;
-                let opened = netconf::move_and_configure(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
+                let opened = netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
                     .map_err(|e| pod_if_err(&r, e))
                     .and_then(|_| {
                         crate::sys::if_index(&host).map_err(|e| sys_err("find host veth", e))

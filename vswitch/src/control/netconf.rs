@@ -1,7 +1,8 @@
-//! Interface plumbing for ports: create veths, move links into pod namespaces, set names,
-//! MACs, MTUs, addresses and routes. Done with iproute2 (`ip`) and `nsenter`, run as child
-//! processes: the daemon's own threads never change namespace (netavark's rule: never `setns` on
-//! a shared thread), and every step's failure is reported with the command that failed.
+//! Interface plumbing for ports: create veths with their pod end in the pod namespace, set
+//! names, MACs, MTUs, addresses and routes. Done with iproute2 (`ip`) and `nsenter` as child
+//! processes, plus a short-lived thread that joins the pod namespace only to open a tap or change
+//! offloads (`sys::netns`): no long-lived thread ever changes namespace (netavark's rule), and
+//! every step's failure is reported with the command that failed.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -86,12 +87,9 @@ pub struct PodIfConfig<'a> {
     pub routes: &'a [RouteSpec],
 }
 
-/// Moves link `tmp_name` (in the daemon's namespace) into `netns` and configures it there:
-/// two child processes in all (the move, then one `ip -batch` inside the pod namespace that stops
-/// at the first failing command), since process start-up dominates a CNI ADD.
-pub fn move_and_configure(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
-    let ns = netns.to_string_lossy();
-    ip(&["link", "set", "dev", c.tmp_name, "netns", &ns])?;
+/// Configures link `tmp_name`, created inside `netns`: one child process (`ip -batch` inside the
+/// namespace, stopping at the first failing command), since process start-up dominates a CNI ADD.
+pub fn configure_in(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
     let mut batch = format!(
         "link set dev {} name {} address {} mtu {}\n",
         c.tmp_name, c.ifname, c.mac, c.mtu
@@ -157,23 +155,39 @@ pub fn delete_link_in(netns: &Path, ifname: &str) {
     let _ = ip_in(netns, &["link", "del", "dev", ifname]);
 }
 
-/// Creates a veth pair in the daemon's namespace and prepares the host end so the node's own
-/// stack never acts on pod frames: no IPv6 (no autoconf, no link-local), no ARP replies
-/// (IFF_NOARP), strict reverse-path filtering (pod sources are never routable via it).
+/// Creates a veth pair: the host end in the daemon's namespace, the pod end (`peer`) directly in
+/// `netns` (no device move). The host end is prepared so the node's own stack never acts on pod
+/// frames: no IPv6 (no autoconf, no link-local), no ARP replies (IFF_NOARP), strict reverse-path
+/// filtering (pod sources are never routable via it).
 ///
-/// The pod end gets checksum and segmentation offloads turned off while it is still here
-/// (features move with the device): without PACKET_VNET_HDR the ring would hand us TCP frames
-/// with unfinished checksums and 64 KiB GSO superframes.
-pub fn create_host_veth(host: &str, peer: &str, mtu: u16) -> Result<(), NetconfError> {
+/// The pod end gets its transmit checksum and segmentation offloads turned off: without
+/// PACKET_VNET_HDR the ring would hand us TCP frames with unfinished checksums and 64 KiB GSO
+/// superframes.
+pub fn create_host_veth(
+    host: &str,
+    peer: &str,
+    mtu: u16,
+    netns: &Path,
+) -> Result<(), NetconfError> {
     let mtu = mtu.to_string();
+    let ns = netns.to_string_lossy();
     ip(&[
-        "link", "add", host, "mtu", &mtu, "type", "veth", "peer", "name", peer, "mtu", &mtu,
+        "link", "add", host, "mtu", &mtu, "arp", "off", "type", "veth", "peer", "name", peer,
+        "mtu", &mtu, "netns", &ns,
     ])?;
     let prepared = (|| {
-        run(Command::new("ethtool").args(["-K", peer, "tx", "off", "tso", "off", "gso", "off"]))?;
+        let pod_end = peer.to_string();
+        crate::sys::netns::run_in_netns(netns, move || {
+            crate::sys::ethtool::disable_tx_offloads(&pod_end)
+        })
+        .and_then(|r| r)
+        .map_err(|source| NetconfError::Spawn {
+            cmd: format!("turn off tx offloads of {peer} in {ns}"),
+            source,
+        })?;
         sysctl(&format!("net/ipv6/conf/{host}/disable_ipv6"), "1")?;
         sysctl(&format!("net/ipv4/conf/{host}/rp_filter"), "1")?;
-        ip(&["link", "set", "dev", host, "arp", "off", "up"])?;
+        ip(&["link", "set", "dev", host, "up"])?;
         Ok(())
     })();
     if prepared.is_err() {

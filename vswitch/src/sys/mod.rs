@@ -8,7 +8,9 @@
 //! `clippy::undocumented_unsafe_blocks`.
 #![allow(unsafe_code)]
 
+pub mod ethtool;
 pub mod inet;
+pub mod netns;
 pub mod packet;
 pub mod poll;
 pub mod tap;
