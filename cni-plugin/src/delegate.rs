@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use vswitch::control::api::{CniAddr, CniIpam};
-use vswitch_config::{Ipv4Net, RouteSpec};
+use vswitch_config::Ipv4Net;
 
 use crate::env::CniEnv;
 use crate::{code, CniError};
@@ -115,29 +115,7 @@ pub fn to_fixed(result: &Value) -> Result<CniIpam, CniError> {
                 .details(result.to_string()),
         );
     }
-    let mut routes = Vec::new();
-    for r in result
-        .get("routes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(dst) = r
-            .get("dst")
-            .and_then(Value::as_str)
-            .and_then(|d| d.parse::<Ipv4Net>().ok())
-        else {
-            continue;
-        };
-        let via = r
-            .get("gw")
-            .and_then(Value::as_str)
-            .and_then(|g| g.parse().ok());
-        routes.push(RouteSpec {
-            dst: dst.trunc(),
-            via,
-        });
-    }
+    let routes = crate::result::ipv4_routes(result);
     Ok(CniIpam::Fixed { addrs, routes })
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 use vswitch::control::api::{CniAddReply, CniCheckReply};
-use vswitch_config::{Ipv4Net, MacAddr};
+use vswitch_config::{Ipv4Net, MacAddr, RouteSpec};
 
 use crate::{code, CniError};
 
@@ -100,27 +100,11 @@ pub fn check(prev: &Value, ifname: &str, reply: &CniCheckReply) -> Result<(), Cn
             )));
         }
     }
-    for r in prev
-        .get("routes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(dst) = r
-            .get("dst")
-            .and_then(Value::as_str)
-            .and_then(|d| d.parse::<Ipv4Net>().ok())
-        else {
-            continue;
-        };
-        let gw = r
-            .get("gw")
-            .and_then(Value::as_str)
-            .and_then(|g| g.parse().ok());
+    for RouteSpec { dst, via: gw } in ipv4_routes(prev) {
         let found = o
             .routes
             .iter()
-            .any(|x| x.dst == dst.trunc() && (gw.is_none() || x.via == gw));
+            .any(|x| x.dst == dst && (gw.is_none() || x.via == gw));
         if !found {
             return Err(bad(format!(
                 "{ifname} lacks route {dst} via {gw:?} (has {:?})",
@@ -129,4 +113,25 @@ pub fn check(prev: &Value, ifname: &str, reply: &CniCheckReply) -> Result<(), Cn
         }
     }
     Ok(())
+}
+
+/// The IPv4 routes of a CNI result (any spec version); IPv6 and unparsable entries are skipped.
+pub fn ipv4_routes(result: &Value) -> Vec<RouteSpec> {
+    result
+        .get("routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let dst = r.get("dst")?.as_str()?.parse::<Ipv4Net>().ok()?;
+            let via = r
+                .get("gw")
+                .and_then(Value::as_str)
+                .and_then(|g| g.parse().ok());
+            Some(RouteSpec {
+                dst: dst.trunc(),
+                via,
+            })
+        })
+        .collect()
 }

@@ -83,6 +83,37 @@ fn call(cmd: &str, env: &[(&str, String)], stdin: &Value) -> Outcome {
     cni(cmd, &e, &stdin.to_string())
 }
 
+/// Starts one ADD per pod namespace in parallel (container ids `PREFIX-i`, ifname eth0), the
+/// i-th after `i * stagger_ms` ms.
+fn spawn_adds<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    pods: &'scope [String],
+    conf: &'scope str,
+    prefix: &'scope str,
+    stagger_ms: u64,
+) -> Vec<std::thread::ScopedJoinHandle<'scope, Outcome>> {
+    pods.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(stagger_ms * i as u64));
+                let cid = format!("{prefix}-{i}");
+                let nsp = ns_path(p);
+                cni(
+                    "ADD",
+                    &[
+                        ("CNI_CONTAINERID", &cid),
+                        ("CNI_NETNS", &nsp),
+                        ("CNI_IFNAME", "eth0"),
+                        ("CNI_PATH", CNI_PATH),
+                    ],
+                    conf,
+                )
+            })
+        })
+        .collect()
+}
+
 fn allocations(d: &Daemon, domain: &str) -> Vec<Value> {
     d.ctl_json(&["ipam", "show", domain])
         .unwrap()
@@ -329,27 +360,7 @@ fn twenty_concurrent_adds_then_dels() {
         .collect();
     let c = conf(&d, "1.0.0", "burst", json!({})).to_string();
     let outs: Vec<Outcome> = std::thread::scope(|s| {
-        let hs: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let c = &c;
-                s.spawn(move || {
-                    let cid = format!("burst-{i}");
-                    let nsp = ns_path(p);
-                    cni(
-                        "ADD",
-                        &[
-                            ("CNI_CONTAINERID", &cid),
-                            ("CNI_NETNS", &nsp),
-                            ("CNI_IFNAME", "eth0"),
-                            ("CNI_PATH", CNI_PATH),
-                        ],
-                        c,
-                    )
-                })
-            })
-            .collect();
+        let hs = spawn_adds(s, &pods, &c, "burst", 0);
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut ips = BTreeSet::new();
@@ -395,28 +406,7 @@ fn kill_9_during_add_burst_leaves_no_duplicate_and_no_leak_after_gc() {
     let c = conf(&d, "1.1.0", "crash", json!({})).to_string();
     let pid = d.pid();
     let outs: Vec<Outcome> = std::thread::scope(|s| {
-        let hs: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let c = &c;
-                s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(15 * i as u64));
-                    let cid = format!("crash-{i}");
-                    let nsp = ns_path(p);
-                    cni(
-                        "ADD",
-                        &[
-                            ("CNI_CONTAINERID", &cid),
-                            ("CNI_NETNS", &nsp),
-                            ("CNI_IFNAME", "eth0"),
-                            ("CNI_PATH", CNI_PATH),
-                        ],
-                        c,
-                    )
-                })
-            })
-            .collect();
+        let hs = spawn_adds(s, &pods, &c, "crash", 15);
         // Kill the daemon once a few ADDs have gone through.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
