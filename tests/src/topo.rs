@@ -172,29 +172,14 @@ pub fn attach_pod(
     mac: &str,
     ip: &str,
 ) -> Result<Pod> {
-    d.ctl(&[
-        "port",
-        "add",
-        "--netns",
-        ns,
-        "--network",
-        network,
-        "--ifname",
-        ifname,
-        "--id",
-        id,
-        "--mac",
-        mac,
-        "--ip",
-        ip,
-    ])
-    .with_context(|| {
-        format!(
-            "port add {id} ({network}, {ip}) in {}; daemon log:\n{}",
-            d.node_ns,
-            d.log_tail(40)
-        )
-    })?;
+    d.port_add(ns, network, ifname, id, Some(mac), &[ip])
+        .with_context(|| {
+            format!(
+                "port add {id} ({network}, {ip}) in {}; daemon log:\n{}",
+                d.node_ns,
+                d.log_tail(40)
+            )
+        })?;
     Ok(Pod {
         ns: ns.to_string(),
         network: network.to_string(),

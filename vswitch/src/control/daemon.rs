@@ -190,10 +190,6 @@ impl Daemon {
         Ok(d)
     }
 
-    pub fn socket_path(&self) -> &Path {
-        &self.cfg.socket
-    }
-
     /// Removes every port (so no veth is left behind) and stops the workers.
     pub fn shutdown(&mut self) {
         let ids: Vec<String> = self.ports.keys().cloned().collect();

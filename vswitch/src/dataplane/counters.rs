@@ -16,9 +16,6 @@ macro_rules! drop_reasons {
             pub fn name(self) -> &'static str {
                 match self { $(DropReason::$variant => $name,)* }
             }
-            pub fn description(self) -> &'static str {
-                match self { $(DropReason::$variant => $doc,)* }
-            }
         }
     };
 }

@@ -38,10 +38,6 @@ impl BufferPool {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.refs.len()
-    }
-
     pub fn available(&self) -> usize {
         self.free.len()
     }

@@ -173,11 +173,6 @@ pub fn frag_needed(
     Some(total)
 }
 
-/// The TTL of the IPv4 packet at `b`, or 0 when it is not one.
-pub fn ttl(b: &[u8]) -> u8 {
-    Ipv4Packet::new_checked(b).map(|p| p.ttl()).unwrap_or(0)
-}
-
 /// Decrements the TTL of the IPv4 header at `b` and patches its checksum incrementally (RFC 1624).
 pub fn decrement_ttl(b: &mut [u8]) {
     if b.len() < 20 || b[8] == 0 {
@@ -194,6 +189,10 @@ pub fn decrement_ttl(b: &mut [u8]) {
 mod tests {
     use super::*;
     use vswitch_config::MacAddr;
+
+    fn ttl(b: &[u8]) -> u8 {
+        Ipv4Packet::new_checked(b).map(|p| p.ttl()).unwrap_or(0)
+    }
 
     fn inner_frame() -> Vec<u8> {
         let mut f = vec![0u8; 14 + 28];

@@ -9,7 +9,7 @@
 //! any kernel route.
 
 use std::io::{self, IoSlice};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::cvt;
@@ -187,25 +187,6 @@ impl InetSocket {
             );
         }
         Ok(got)
-    }
-
-    /// The local address (for tests and logs).
-    pub fn local_port(&self) -> io::Result<u16> {
-        let mut sa = sockaddr(Ipv4Addr::UNSPECIFIED, 0);
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        // SAFETY: `sa`/`len` are valid and sized for a sockaddr_in.
-        cvt(unsafe {
-            libc::getsockname(
-                self.fd.as_raw_fd(),
-                (&mut sa as *mut libc::sockaddr_in).cast(),
-                &mut len,
-            )
-        })?;
-        Ok(SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-            u16::from_be(sa.sin_port),
-        )
-        .port())
     }
 }
 

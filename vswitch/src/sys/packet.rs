@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{cvt, cvt_isize};
+use super::cvt;
 
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_RX_RING: libc::c_int = 5;
@@ -174,10 +174,6 @@ impl PacketSocket {
         self.fd.as_raw_fd()
     }
 
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
     fn block_ptr(&self, block: usize) -> *mut u8 {
         debug_assert!(block < BLOCK_COUNT);
         // SAFETY: block < BLOCK_COUNT, so the offset stays inside the mapping.
@@ -258,12 +254,6 @@ impl PacketSocket {
             libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0)
         })?;
         Ok(sent as usize)
-    }
-
-    /// Sends one frame (used for replies outside a batch).
-    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        // SAFETY: the kernel reads `frame.len()` bytes from the valid slice; the socket is bound.
-        cvt_isize(unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) })
     }
 }
 

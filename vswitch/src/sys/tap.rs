@@ -4,7 +4,6 @@
 //! frame: offloads are off for now (the kernel hands us complete checksums and no GSO), but the
 //! header path is what later carries 64 KiB GSO superframes without a copy.
 
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -56,7 +55,6 @@ pub enum TapError {
 #[derive(Debug)]
 pub struct Tap {
     fd: OwnedFd,
-    name: String,
 }
 
 impl Tap {
@@ -109,22 +107,7 @@ impl Tap {
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) })
             .map_err(TapError::Offload)?;
 
-        let end = req
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(req.name.len());
-        let final_name = CStr::from_bytes_with_nul(&[&req.name[..end], &[0]].concat())
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| name.to_string());
-        Ok(Tap {
-            fd,
-            name: final_name,
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Tap { fd })
     }
 
     pub fn raw_fd(&self) -> RawFd {
