@@ -6,6 +6,7 @@ pub mod counters;
 pub mod fdb;
 pub mod pipeline;
 pub mod pool;
+pub mod trace;
 pub mod worker;
 
 pub use counters::{DropCounters, DropReason, PortCounters};

@@ -1,0 +1,236 @@
+//! The seam between the pipeline and packet tracing / capture.
+//!
+//! Every stage of the pipeline reports what it decided through a [`Trace`] implementation. The
+//! fast path uses [`Off`], whose methods are empty and inlined away, so an untraced packet pays
+//! nothing; a packet that matched a trace or capture session runs the *same* code with a
+//! [`Recorder`], which collects the stages. A synthetic trace (`vswitchctl trace --inject`) runs
+//! with a recorder in dry-run mode: the pipeline then changes no table (no learning).
+//!
+//! Indices (ports, domains, peers) are the dataplane's; the control plane names them when it
+//! renders a record.
+
+use std::net::Ipv4Addr;
+
+use vswitch_config::MacAddr;
+
+use super::counters::DropReason;
+use super::fdb::PortIdx;
+
+pub type DomainIdx = u32;
+pub type PeerIdx = u32;
+
+/// How a packet travels between nodes, as a trace shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireKind {
+    Vxlan,
+    Ipip,
+    Direct,
+}
+
+/// Where an FDB entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySource {
+    /// A local port's own MAC.
+    Local,
+    /// Learned from traffic (local port or peer).
+    Learned,
+    /// A remote endpoint from the datastore (etcd) or static config.
+    Remote,
+}
+
+/// Outcome of a forwarding-table lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Known: a local port.
+    Port { port: PortIdx, source: EntrySource },
+    /// Known: behind a peer node.
+    Peer { peer: PeerIdx, source: EntrySource },
+    /// Unknown unicast: flooded within the domain.
+    Miss,
+    /// Broadcast/multicast: flooded (or, for snooped multicast, sent to members only).
+    Multicast,
+}
+
+/// Something the switch answered itself instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// ARP reply for `ip` with `mac` (gateway, proxy ARP in L3, or endpoint table).
+    Arp { ip: Ipv4Addr, mac: MacAddr },
+    /// ICMP echo reply from the gateway.
+    Echo,
+    /// ICMP fragmentation needed, with the MTU that fits.
+    FragNeeded { mtu: u16 },
+    /// IPv6 neighbour advertisement from the endpoint table.
+    NeighborAdvert { mac: MacAddr },
+    /// IPv6 router solicitation absorbed / answered by the switch.
+    RouterSolicit,
+    /// MLD report consumed by the switch (snooping).
+    MldReport,
+}
+
+/// Headers of a packet, summarised for a trace line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub eth_src: MacAddr,
+    pub eth_dst: MacAddr,
+    pub ethertype: u16,
+    /// IPv4 or IPv6 source and destination, when there is one.
+    pub ip_src: Option<std::net::IpAddr>,
+    pub ip_dst: Option<std::net::IpAddr>,
+    pub ip_proto: Option<u8>,
+    pub ttl: Option<u8>,
+    pub l4_src: Option<u16>,
+    pub l4_dst: Option<u16>,
+    /// ARP operation, ICMP/ICMPv6 type.
+    pub op: Option<u16>,
+    /// Bytes of the frame (a GSO superframe counts whole).
+    pub len: u32,
+}
+
+/// Offload metadata of a buffer (from the virtio-net header), as a trace shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OffloadInfo {
+    /// 0 none, else the virtio-net GSO type (TCPv4, TCPv6, UDP L4).
+    pub gso_type: u8,
+    pub gso_size: u16,
+    /// Checksum left for the receiver/egress to complete.
+    pub csum_partial: bool,
+}
+
+/// One pipeline stage and its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Received on a local port by `worker`.
+    RxPort {
+        port: PortIdx,
+        worker: u16,
+        offload: OffloadInfo,
+    },
+    /// Received from the underlay (outer headers as seen on the wire).
+    RxUnderlay {
+        wire: WireKind,
+        worker: u16,
+        outer_src: Ipv4Addr,
+        outer_dst: Ipv4Addr,
+        /// VXLAN only.
+        vni: Option<u32>,
+        udp_src: Option<u16>,
+        peer: Option<PeerIdx>,
+    },
+    Parsed(Summary),
+    /// The isolation domain the packet belongs to from here on.
+    Domain(DomainIdx),
+    /// Anti-spoofing / first-hop security: passed (`None`) or the drop reason.
+    Guard(Option<DropReason>),
+    Answered(Answer),
+    Lookup {
+        mac: MacAddr,
+        result: Lookup,
+    },
+    /// L3 routing in a routed network: TTL after decrement and the MAC rewrite.
+    Route {
+        dst: Ipv4Addr,
+        ttl: u8,
+        src_mac: MacAddr,
+        dst_mac: MacAddr,
+        /// The peer whose block holds `dst`, if it is not local.
+        via_peer: Option<PeerIdx>,
+    },
+    /// Encapsulated (or sent directly) to a peer.
+    Encap {
+        peer: PeerIdx,
+        wire: WireKind,
+        outer_src: Ipv4Addr,
+        outer_dst: Ipv4Addr,
+        vni: Option<u32>,
+        udp_src: Option<u16>,
+    },
+    /// A superframe cut into segments (or checksummed) in software at an egress.
+    Segment {
+        segments: u16,
+        gso_size: u16,
+        /// Why the egress could not take it whole.
+        why: &'static str,
+    },
+    /// Coalesced with following segments of the same flow into one superframe (receive).
+    Coalesce {
+        segments: u16,
+    },
+    /// Sent to a local port.
+    TxPort(PortIdx),
+    /// Flooded to these many local ports and peers.
+    Flood {
+        ports: u16,
+        peers: u16,
+    },
+    Drop(DropReason),
+}
+
+/// What a pipeline run reports to.
+pub trait Trace {
+    /// Whether this run records anything (lets callers skip building costly stages).
+    const ON: bool;
+    /// Records a stage; `f` is only called when recording.
+    fn stage(&mut self, f: impl FnOnce() -> Stage);
+    /// Whether the pipeline may change tables (FDB learning). False for synthetic traces.
+    fn mutate(&self) -> bool {
+        true
+    }
+}
+
+/// The fast path: records nothing, costs nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Off;
+
+impl Trace for Off {
+    const ON: bool = false;
+    #[inline(always)]
+    fn stage(&mut self, _f: impl FnOnce() -> Stage) {}
+}
+
+/// Collects the stages of one traced packet.
+#[derive(Debug, Default, Clone)]
+pub struct Recorder {
+    pub stages: Vec<Stage>,
+    /// Synthetic trace: run through the live tables without changing them.
+    pub dry_run: bool,
+}
+
+impl Recorder {
+    pub fn dry_run() -> Recorder {
+        Recorder {
+            stages: Vec::new(),
+            dry_run: true,
+        }
+    }
+}
+
+impl Trace for Recorder {
+    const ON: bool = true;
+    fn stage(&mut self, f: impl FnOnce() -> Stage) {
+        self.stages.push(f());
+    }
+    fn mutate(&self) -> bool {
+        !self.dry_run
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T: Trace>(t: &mut T) -> bool {
+        t.stage(|| Stage::Drop(DropReason::Hairpin));
+        t.mutate()
+    }
+
+    #[test]
+    fn off_records_nothing_and_recorder_everything() {
+        assert!(run(&mut Off));
+        let mut r = Recorder::default();
+        assert!(run(&mut r));
+        assert_eq!(r.stages, vec![Stage::Drop(DropReason::Hairpin)]);
+        let mut d = Recorder::dry_run();
+        assert!(!run(&mut d));
+    }
+}
