@@ -3,11 +3,15 @@
 //! mutable buffers, and nothing copies the payload. Parsing never panics on any input.
 
 pub mod arp;
+pub mod checksum;
 pub mod encap;
 pub mod ethernet;
+pub mod gro;
+pub mod gso;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
+pub mod offload;
 
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetFrame};
