@@ -108,6 +108,9 @@ enum NetworkCmd {
         /// L3: this node's pod block (repeatable).
         #[arg(long = "block")]
         blocks: Vec<Ipv4Net>,
+        /// Turn checksum/segmentation offloads off on this network's pod taps.
+        #[arg(long)]
+        no_offloads: bool,
     },
     /// Delete a network that has no ports.
     Del { name: String },
@@ -250,6 +253,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             encapsulation,
             mode,
             blocks,
+            no_offloads,
         }) => {
             let network = NetworkConfig {
                 name: name.clone(),
@@ -263,6 +267,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 encapsulation: *encapsulation,
                 mode: *mode,
                 blocks: blocks.clone(),
+                offloads: !*no_offloads,
             };
             let n: NetworkInfo = call(cli, Request::NetworkAdd { network })?;
             if cli.json {

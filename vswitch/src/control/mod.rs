@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 pub mod daemon;
+pub mod device;
 pub mod ipam;
 pub mod netconf;
 pub mod server;

@@ -1,4 +1,8 @@
 //! Counters: one per drop reason (shown by `vswitchctl stats` and the metrics), and per port.
+//!
+//! Each worker has its own set and is its only writer, so an increment is a plain load and store
+//! on a cache line no other core writes (no locked instruction); the control thread sums the
+//! workers' sets when it reads them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,9 +49,11 @@ drop_reasons! {
     UnknownVni => "unknown_vni": "VXLAN with a VNI that no network here uses",
     UnknownPeer => "unknown_peer": "encapsulated traffic from an address that is not a known peer",
     MalformedTunnel => "malformed_tunnel": "VXLAN/IPIP/direct packet from the underlay too short or malformed",
+    BadOffload => "bad_offload": "virtio-net header with an unknown GSO type, a GSO without segment size, or a checksum position outside the frame",
+    Unsegmentable => "unsegmentable": "a superframe for an egress without offloads that is not TCP/UDP over IPv4/IPv6 (cannot be cut in software)",
 }
 
-/// Drop counters by reason, shared by all workers.
+/// Drop counters by reason, of one worker.
 #[derive(Debug)]
 pub struct DropCounters([AtomicU64; DropReason::COUNT]);
 
@@ -58,9 +64,10 @@ impl Default for DropCounters {
 }
 
 impl DropCounters {
+    /// Counts one drop. Only the owning worker calls this.
     #[inline]
     pub fn inc(&self, r: DropReason) {
-        self.0[r as usize].fetch_add(1, Ordering::Relaxed);
+        bump(&self.0[r as usize], 1);
     }
     pub fn get(&self, r: DropReason) -> u64 {
         self.0[r as usize].load(Ordering::Relaxed)
@@ -70,7 +77,8 @@ impl DropCounters {
     }
 }
 
-/// Per-port counters (Firecracker style: one struct per device, a counter at every exit).
+/// Per-port counters of one worker (Firecracker style: one struct per device, a counter at every
+/// exit). Packets count frames as the switch handled them: a superframe counts once.
 #[derive(Debug, Default)]
 pub struct PortCounters {
     pub rx_packets: AtomicU64,
@@ -81,16 +89,30 @@ pub struct PortCounters {
     pub tx_errors: AtomicU64,
 }
 
+/// Adds `n` to a counter that only the calling thread writes.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
 impl PortCounters {
     #[inline]
     pub fn rx(&self, bytes: usize) {
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        bump(&self.rx_packets, 1);
+        bump(&self.rx_bytes, bytes as u64);
     }
     #[inline]
     pub fn tx(&self, bytes: usize) {
-        self.tx_packets.fetch_add(1, Ordering::Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        bump(&self.tx_packets, 1);
+        bump(&self.tx_bytes, bytes as u64);
+    }
+    #[inline]
+    pub fn tx_error(&self, n: u64) {
+        bump(&self.tx_errors, n);
+    }
+    #[inline]
+    pub fn rx_drop(&self) {
+        bump(&self.rx_dropped, 1);
     }
 }
 

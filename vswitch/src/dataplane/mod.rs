@@ -3,10 +3,14 @@
 //! batches over taps and AF_PACKET rings, one thread each). [`counters`] names every drop.
 
 pub mod counters;
+pub mod engine;
 pub mod fdb;
+pub mod overlay;
 pub mod pipeline;
 pub mod pool;
+pub mod port;
 pub mod trace;
+pub mod underlay;
 pub mod worker;
 
 pub use counters::{DropCounters, DropReason, PortCounters};

@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use vswitch_config::{EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkKind};
 
 use super::counters::DropReason;
-use super::fdb::{EntryKind, FastMap, Fdb, PortIdx};
+use super::fdb::{Entry, EntryKind, FastMap, Fdb, Learn, PortIdx};
+use super::trace::{Answer, EntrySource, Lookup, Off, Stage, Summary, Trace};
+use crate::packet::offload::Offload;
 use crate::packet::{
     arp, encap, ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet,
     Ipv6Packet,
@@ -171,6 +173,8 @@ pub struct Switch {
     underlay: Option<UnderlayConf>,
     aging_secs: u64,
     max_learned: usize,
+    /// Entries learned since the last `take_learned` (shared with the other workers).
+    learned: Vec<LearnEvent>,
 }
 
 fn slot<T>(v: &mut Vec<Option<T>>, i: u32) -> &mut Option<T> {
@@ -190,11 +194,17 @@ impl Switch {
             underlay: None,
             aging_secs,
             max_learned,
+            learned: Vec::with_capacity(MAX_LEARN_EVENTS),
         }
     }
 
     pub fn set_underlay(&mut self, u: Option<UnderlayConf>) {
         self.underlay = u;
+    }
+
+    /// The underlay MTU, when this node has an underlay.
+    pub fn underlay_mtu(&self) -> Option<u16> {
+        self.underlay.map(|u| u.mtu)
     }
 
     pub fn add_domain(&mut self, idx: DomainIdx, conf: DomainConf) {
@@ -391,8 +401,8 @@ impl Switch {
         }
     }
 
-    /// Runs one frame received on local `in_port` through the pipeline. `frame` may be
-    /// rewritten in place (answers, routing). `vlan_stripped`: the kernel removed a VLAN tag.
+    /// Runs one frame received on local `in_port` through the pipeline (tests and callers
+    /// without offload metadata or tracing).
     pub fn process(
         &mut self,
         in_port: PortIdx,
@@ -400,24 +410,64 @@ impl Switch {
         vlan_stripped: bool,
         now: u64,
     ) -> Verdict {
+        self.ingress(in_port, frame, &Offload::NONE, vlan_stripped, now, &mut Off)
+    }
+
+    /// Runs one frame received on local `in_port` through the pipeline. `frame` may be
+    /// rewritten in place (answers, routing); `off` describes a superframe or a partial
+    /// checksum. `vlan_stripped`: the kernel removed a VLAN tag. Every decision is reported
+    /// to `t`.
+    pub fn ingress<T: Trace>(
+        &mut self,
+        in_port: PortIdx,
+        frame: &mut [u8],
+        off: &Offload,
+        vlan_stripped: bool,
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
+        let v = self.ingress_inner(in_port, frame, off, vlan_stripped, now, t);
+        if let Verdict::Drop(r) = v {
+            t.stage(|| Stage::Drop(r));
+        }
+        v
+    }
+
+    fn ingress_inner<T: Trace>(
+        &mut self,
+        in_port: PortIdx,
+        frame: &mut [u8],
+        off: &Offload,
+        vlan_stripped: bool,
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
         let Some(port) = self.ports.get(in_port as usize).and_then(Option::as_ref) else {
             return Verdict::Drop(DropReason::PortGone);
         };
-        let Some(Some(domain)) = self.domains.get_mut(port.domain as usize) else {
+        let dom_idx = port.domain;
+        let Some(Some(domain)) = self.domains.get_mut(dom_idx as usize) else {
             return Verdict::Drop(DropReason::PortGone);
         };
+        t.stage(|| Stage::Domain(dom_idx));
         if frame.len() < ethernet::HEADER_LEN {
             return Verdict::Drop(DropReason::FrameTooShort);
         }
-        if frame.len() > port.max_frame {
+        if wire_frame_len(frame, off) > port.max_frame {
             return Verdict::Drop(DropReason::FrameTooLong);
+        }
+        if T::ON {
+            let s = summarize(frame);
+            t.stage(|| Stage::Parsed(s));
         }
         let eth = EthernetFrame::new_unchecked(&*frame);
         let (src, dst) = (eth.src(), eth.dst());
         if !src.is_valid_unicast() {
+            t.stage(|| Stage::Guard(Some(DropReason::InvalidSrcMac)));
             return Verdict::Drop(DropReason::InvalidSrcMac);
         }
         if src != port.mac {
+            t.stage(|| Stage::Guard(Some(DropReason::SpoofedSrcMac)));
             return Verdict::Drop(DropReason::SpoofedSrcMac);
         }
         if vlan_stripped {
@@ -433,8 +483,10 @@ impl Switch {
                 let sip = a.sender_ip();
                 if a.sender_mac() != port.mac || !(sip.is_unspecified() || port.ips.contains(&sip))
                 {
+                    t.stage(|| Stage::Guard(Some(DropReason::SpoofedArp)));
                     return Verdict::Drop(DropReason::SpoofedArp);
                 }
+                t.stage(|| Stage::Guard(None));
                 let tip = a.target_ip();
                 let answer = if a.operation() != arp::OP_REQUEST {
                     None
@@ -453,6 +505,7 @@ impl Switch {
                     None
                 };
                 if let Some(mac) = answer {
+                    t.stage(|| Stage::Answered(Answer::Arp { ip: tip, mac }));
                     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
                     eth.set_dst(src);
                     eth.set_src(mac);
@@ -470,17 +523,23 @@ impl Switch {
                     return Verdict::Drop(DropReason::MalformedIpv4);
                 };
                 if !port.ips.contains(&ip.src()) {
+                    t.stage(|| Stage::Guard(Some(DropReason::SpoofedSrcIp)));
                     return Verdict::Drop(DropReason::SpoofedSrcIp);
                 }
+                t.stage(|| Stage::Guard(None));
                 if dst == gw.gateway_mac {
                     if ip.dst() == gw.gateway_ip {
                         if ip.protocol() != ipv4::PROTO_ICMP || ip.is_fragment() {
                             return Verdict::Drop(DropReason::NotForGateway);
                         }
-                        return answer_echo(frame, gw);
+                        let v = answer_echo(frame, gw);
+                        if v == Verdict::Reply {
+                            t.stage(|| Stage::Answered(Answer::Echo));
+                        }
+                        return v;
                     }
                     if l3 {
-                        return route_l3(domain, &self.peers, self.underlay, frame);
+                        return route_l3(domain, &self.peers, self.underlay, frame, off, t);
                     }
                     return Verdict::Drop(DropReason::NotForGateway);
                 }
@@ -496,8 +555,10 @@ impl Switch {
                 // Pods here own no global IPv6 address; link-local (from their MAC) and the
                 // unspecified address (duplicate address detection) are theirs to use.
                 if !(s.is_unspecified() || s.is_unicast_link_local()) {
+                    t.stage(|| Stage::Guard(Some(DropReason::SpoofedSrcIp)));
                     return Verdict::Drop(DropReason::SpoofedSrcIp);
                 }
+                t.stage(|| Stage::Guard(None));
                 if l3 {
                     return Verdict::Drop(DropReason::L3NotRouted);
                 }
@@ -506,19 +567,35 @@ impl Switch {
             EtherType::Other(_) => return Verdict::Drop(DropReason::UnsupportedEthertype),
         }
         // L2 forwarding within the domain.
-        domain.fdb.learn(src, Dest::Port(in_port).loc(), now);
+        if t.mutate() {
+            let learned = domain.fdb.learn(src, Dest::Port(in_port).loc(), now);
+            note_learned(&mut self.learned, dom_idx, src, Dest::Port(in_port), learned);
+        }
         let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
         if dst.is_multicast() {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: Lookup::Multicast,
+            });
             return Verdict::Flood { peers: spans };
         }
         if dst == gw.gateway_mac {
             return Verdict::Drop(DropReason::NotForGateway);
         }
-        match domain.fdb.lookup(&dst, now).map(Dest::from_loc) {
+        let found = domain.fdb.get(&dst, now);
+        if T::ON {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: lookup_result(found),
+            });
+        }
+        match found.map(|e| Dest::from_loc(e.port)) {
             Some(Dest::Port(p)) if p == in_port => Verdict::Drop(DropReason::Hairpin),
             Some(Dest::Port(p)) => Verdict::Forward(p),
             Some(Dest::Peer(peer)) => match domain.conf.vni {
-                Some(vni) => tunnel_or_too_big(self.underlay, frame, gw, peer, Wire::Vxlan { vni }),
+                Some(vni) => {
+                    tunnel_or_too_big(self.underlay, frame, off, gw, peer, Wire::Vxlan { vni })
+                }
                 None => Verdict::Drop(DropReason::NoRoute),
             },
             None => Verdict::Flood { peers: spans },
@@ -533,24 +610,70 @@ impl Switch {
         frame: &mut [u8],
         now: u64,
     ) -> Verdict {
+        self.tunnel_ingress(domain, peer, frame, now, &mut Off)
+    }
+
+    /// [`Switch::process_tunnel`] reporting to `t`.
+    pub fn tunnel_ingress<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        peer: PeerIdx,
+        frame: &mut [u8],
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
+        let v = self.tunnel_inner(domain, peer, frame, now, t);
+        if let Verdict::Drop(r) = v {
+            t.stage(|| Stage::Drop(r));
+        }
+        v
+    }
+
+    fn tunnel_inner<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        peer: PeerIdx,
+        frame: &mut [u8],
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
         let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
             return Verdict::Drop(DropReason::UnknownVni);
         };
+        t.stage(|| Stage::Domain(domain));
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Verdict::Drop(DropReason::FrameTooShort);
         };
+        if T::ON {
+            let s = summarize(frame);
+            t.stage(|| Stage::Parsed(s));
+        }
         if d.conf.kind == NetworkKind::L3 {
-            return self.process_routed_in(domain, frame);
+            return self.routed_inner(domain, frame, t);
         }
         let (src, dst) = (eth.src(), eth.dst());
         if !src.is_valid_unicast() {
             return Verdict::Drop(DropReason::InvalidSrcMac);
         }
-        d.fdb.learn(src, Dest::Peer(peer).loc(), now);
+        if t.mutate() {
+            let learned = d.fdb.learn(src, Dest::Peer(peer).loc(), now);
+            note_learned(&mut self.learned, domain, src, Dest::Peer(peer), learned);
+        }
         if dst.is_multicast() {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: Lookup::Multicast,
+            });
             return Verdict::Flood { peers: false };
         }
-        match d.fdb.lookup(&dst, now).map(Dest::from_loc) {
+        let found = d.fdb.get(&dst, now);
+        if T::ON {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: lookup_result(found),
+            });
+        }
+        match found.map(|e| Dest::from_loc(e.port)) {
             Some(Dest::Port(p)) => Verdict::Forward(p),
             // Split horizon: what came from a peer never goes back to peers.
             Some(Dest::Peer(_)) => Verdict::Drop(DropReason::Hairpin),
@@ -562,6 +685,24 @@ impl Switch {
     /// given as an Ethernet frame whose header the caller reserved: delivered to the local pod
     /// that owns the destination IP, with our gateway MAC as source.
     pub fn process_routed_in(&mut self, domain: DomainIdx, frame: &mut [u8]) -> Verdict {
+        self.routed_ingress(domain, frame, &mut Off)
+    }
+
+    /// [`Switch::process_routed_in`] reporting to `t`.
+    pub fn routed_ingress<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        frame: &mut [u8],
+        t: &mut T,
+    ) -> Verdict {
+        let v = self.routed_inner(domain, frame, t);
+        if let Verdict::Drop(r) = v {
+            t.stage(|| Stage::Drop(r));
+        }
+        v
+    }
+
+    fn routed_inner<T: Trace>(&mut self, domain: DomainIdx, frame: &mut [u8], t: &mut T) -> Verdict {
         let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
@@ -574,27 +715,160 @@ impl Switch {
         if ip.ttl() <= 1 {
             return Verdict::Drop(DropReason::TtlExpired);
         }
-        let Some(mac) = d.endpoints.get(&ip.dst()).copied() else {
+        let (dst_ip, ttl) = (ip.dst(), ip.ttl() - 1);
+        let Some(mac) = d.endpoints.get(&dst_ip).copied() else {
             return Verdict::Drop(DropReason::NoRoute);
         };
         let Some(Dest::Port(p)) = d.fdb.lookup(&mac, 0).map(Dest::from_loc) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
+        let gw_mac = d.conf.gateway_mac;
+        t.stage(|| Stage::Route {
+            dst: dst_ip,
+            ttl,
+            src_mac: gw_mac,
+            dst_mac: mac,
+            via_peer: None,
+        });
         let mut eth = EthernetFrame::new_unchecked(&mut *frame);
         eth.set_dst(mac);
-        eth.set_src(d.conf.gateway_mac);
+        eth.set_src(gw_mac);
         eth.set_ethertype(EtherType::Ipv4);
         encap::decrement_ttl(&mut frame[ethernet::HEADER_LEN..]);
         Verdict::Forward(p)
     }
+
+    /// Applies an FDB entry another worker learned (it saw the traffic; this worker forwards
+    /// for the same domain and must not flood what is known).
+    pub fn learn_from_worker(&mut self, ev: &LearnEvent, now: u64) {
+        if let Some(Some(d)) = self.domains.get_mut(ev.domain as usize) {
+            let _ = d.fdb.learn(ev.mac, ev.loc, now);
+        }
+    }
+
+    /// FDB entries learned since the last call, for the other workers.
+    pub fn take_learned(&mut self) -> std::vec::Drain<'_, LearnEvent> {
+        self.learned.drain(..)
+    }
+}
+
+/// An FDB entry one worker learned, for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnEvent {
+    pub domain: DomainIdx,
+    pub mac: MacAddr,
+    loc: u32,
+}
+
+/// Most entries a worker queues between two batches (the rest are re-announced on refresh).
+const MAX_LEARN_EVENTS: usize = 1024;
+
+fn note_learned(out: &mut Vec<LearnEvent>, domain: DomainIdx, mac: MacAddr, dest: Dest, l: Learn) {
+    let share = matches!(
+        l,
+        Learn::New | Learn::Moved { .. } | Learn::Refreshed { share: true }
+    );
+    if share && out.len() < MAX_LEARN_EVENTS {
+        out.push(LearnEvent {
+            domain,
+            mac,
+            loc: dest.loc(),
+        });
+    }
+}
+
+fn lookup_result(e: Option<Entry>) -> Lookup {
+    let Some(e) = e else { return Lookup::Miss };
+    let learned = e.kind == EntryKind::Learned;
+    match Dest::from_loc(e.port) {
+        Dest::Port(port) => Lookup::Port {
+            port,
+            source: if learned {
+                EntrySource::Learned
+            } else {
+                EntrySource::Local
+            },
+        },
+        Dest::Peer(peer) => Lookup::Peer {
+            peer,
+            source: if learned {
+                EntrySource::Learned
+            } else {
+                EntrySource::Remote
+            },
+        },
+    }
+}
+
+/// The length of the largest frame that goes on a wire for this buffer: a superframe's segment.
+fn wire_frame_len(frame: &[u8], off: &Offload) -> usize {
+    if !off.is_gso() {
+        return frame.len();
+    }
+    match crate::packet::gso::Layout::of(frame) {
+        Some(l) => (l.payload + usize::from(off.gso_size)).min(frame.len()),
+        None => frame.len(),
+    }
+}
+
+/// Headers of a frame for a trace line (only called for traced packets).
+pub fn summarize(frame: &[u8]) -> Summary {
+    let mut s = Summary {
+        len: frame.len() as u32,
+        ..Summary::default()
+    };
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return s;
+    };
+    s.eth_src = eth.src();
+    s.eth_dst = eth.dst();
+    s.ethertype = u16::from(eth.ethertype());
+    let l4 = match eth.ethertype() {
+        EtherType::Arp => {
+            if let Ok(a) = ArpPacket::new_checked(eth.payload()) {
+                s.ip_src = Some(a.sender_ip().into());
+                s.ip_dst = Some(a.target_ip().into());
+                s.op = Some(a.operation());
+            }
+            None
+        }
+        EtherType::Ipv4 => Ipv4Packet::new_checked(eth.payload()).ok().map(|ip| {
+            s.ip_src = Some(ip.src().into());
+            s.ip_dst = Some(ip.dst().into());
+            s.ip_proto = Some(ip.protocol());
+            s.ttl = Some(ip.ttl());
+            (ip.protocol(), ethernet::HEADER_LEN + ip.header_len())
+        }),
+        EtherType::Ipv6 => Ipv6Packet::new_checked(eth.payload()).ok().map(|ip| {
+            s.ip_src = Some(ip.src().into());
+            s.ip_dst = Some(ip.dst().into());
+            s.ip_proto = Some(ip.next_header());
+            (ip.next_header(), ethernet::HEADER_LEN + crate::packet::ipv6::HEADER_LEN)
+        }),
+        _ => None,
+    };
+    if let Some((proto, at)) = l4 {
+        let p = frame.get(at..).unwrap_or(&[]);
+        match proto {
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP if p.len() >= 4 => {
+                s.l4_src = Some(u16::from_be_bytes([p[0], p[1]]));
+                s.l4_dst = Some(u16::from_be_bytes([p[2], p[3]]));
+            }
+            ipv4::PROTO_ICMP | 58 if !p.is_empty() => s.op = Some(u16::from(p[0])),
+            _ => {}
+        }
+    }
+    s
 }
 
 /// Routes an IPv4 packet a local pod sent to the gateway MAC in an L3 domain.
-fn route_l3(
+fn route_l3<T: Trace>(
     domain: &Domain,
     peers: &[Option<PeerConf>],
     underlay: Option<UnderlayConf>,
     frame: &mut [u8],
+    off: &Offload,
+    t: &mut T,
 ) -> Verdict {
     let gw = domain.conf;
     let ip_off = ethernet::HEADER_LEN;
@@ -607,6 +881,13 @@ fn route_l3(
     }
     if let Some(mac) = domain.endpoints.get(&dst).copied() {
         if let Some(Dest::Port(p)) = domain.fdb.lookup(&mac, 0).map(Dest::from_loc) {
+            t.stage(|| Stage::Route {
+                dst,
+                ttl: ttl - 1,
+                src_mac: gw.gateway_mac,
+                dst_mac: mac,
+                via_peer: None,
+            });
             let mut eth = EthernetFrame::new_unchecked(&mut *frame);
             eth.set_dst(mac);
             eth.set_src(gw.gateway_mac);
@@ -631,9 +912,17 @@ fn route_l3(
         (false, Encapsulation::Vxlan, Some(vni)) => Wire::Vxlan { vni },
         (false, Encapsulation::Vxlan, None) => return Verdict::Drop(DropReason::NoRoute),
     };
-    if let Verdict::ReplyResized(n) = tunnel_or_too_big(underlay, frame, gw, peer, wire) {
+    if let Verdict::ReplyResized(n) = tunnel_or_too_big(underlay, frame, off, gw, peer, wire) {
+        t.stage(|| Stage::Answered(Answer::FragNeeded { mtu: 0 }));
         return Verdict::ReplyResized(n);
     }
+    t.stage(|| Stage::Route {
+        dst,
+        ttl: ttl - 1,
+        src_mac: gw.gateway_mac,
+        dst_mac: gw.gateway_mac,
+        via_peer: Some(peer),
+    });
     encap::decrement_ttl(&mut frame[ip_off..]);
     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
     eth.set_src(gw.gateway_mac);
@@ -641,18 +930,21 @@ fn route_l3(
     Verdict::Tunnel { peer, wire }
 }
 
-/// `Tunnel`, unless the encapsulated packet would exceed the underlay MTU: then an ICMP
-/// "fragmentation needed" goes back to the sender (never a silent drop).
+/// `Tunnel`, unless the encapsulated packet (for a superframe: each of its segments) would
+/// exceed the underlay MTU: then an ICMP "fragmentation needed" goes back to the sender (never
+/// a silent drop).
 fn tunnel_or_too_big(
     underlay: Option<UnderlayConf>,
     frame: &mut [u8],
+    off: &Offload,
     gw: DomainConf,
     peer: PeerIdx,
     wire: Wire,
 ) -> Verdict {
-    let ip_len = frame.len() - ethernet::HEADER_LEN;
+    let wire_len = wire_frame_len(frame, off);
+    let ip_len = wire_len - ethernet::HEADER_LEN;
     let outer = match wire {
-        Wire::Vxlan { .. } => encap::VXLAN_PUSH + frame.len(),
+        Wire::Vxlan { .. } => encap::VXLAN_PUSH + wire_len,
         Wire::Ipip => encap::IPIP_PUSH + ip_len,
         Wire::Direct => ip_len,
     };
@@ -660,6 +952,11 @@ fn tunnel_or_too_big(
         return Verdict::Drop(DropReason::NoRoute);
     };
     if outer <= usize::from(u.mtu) {
+        return Verdict::Tunnel { peer, wire };
+    }
+    if off.is_gso() {
+        // The sender's MSS does not fit: the kernel would have sent smaller segments had it
+        // known; segments are cut at the egress to the size that fits instead.
         return Verdict::Tunnel { peer, wire };
     }
     let room = usize::from(u.mtu) - (outer - ip_len);
@@ -672,7 +969,6 @@ fn tunnel_or_too_big(
         _ => Verdict::Drop(DropReason::MtuExceeded),
     }
 }
-
 /// Turns an ICMP echo request to the gateway into the reply, in place.
 fn answer_echo(frame: &mut [u8], gw: DomainConf) -> Verdict {
     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
