@@ -204,9 +204,11 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 print_json(&v);
             } else {
                 println!(
-                    "vswitchd {} is running ({})",
+                    "vswitchd {} is running ({}); dataplane: {} worker(s), {} I/O",
                     v["version"].as_str().unwrap_or("?"),
-                    cli.socket.display()
+                    cli.socket.display(),
+                    v["workers"].as_u64().unwrap_or(0),
+                    v["io"].as_str().unwrap_or("?"),
                 );
             }
         }

@@ -206,7 +206,11 @@ impl Daemon {
 
     pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
         match req {
-            Request::Ping => to_value(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+            Request::Ping => to_value(serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "workers": self.workers.len(),
+                "io": self.workers.first().map_or("none", |w| w.io.name()),
+            })),
             Request::NetworkList => to_value(self.network_list()),
             Request::NetworkAdd { network } => {
                 network
