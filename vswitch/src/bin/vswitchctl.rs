@@ -460,6 +460,14 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                     .map(|(k, v)| vec![k.clone(), v.to_string()])
                     .collect(),
             );
+            println!();
+            table(
+                &["ABSORBED BY THE SWITCH", "PACKETS"],
+                s.absorbed
+                    .iter()
+                    .map(|(k, v)| vec![k.clone(), v.to_string()])
+                    .collect(),
+            );
         }
     }
     Ok(())

@@ -144,6 +144,13 @@ impl Daemon {
                 worker::spawn(id, cfg.fdb_aging_secs, drops.clone()).context("start worker")?,
             );
         }
+        if workers.len() > 1 {
+            // Each worker sees only its own ports' MLD reports: reported groups are flooded.
+            for w in &workers {
+                w.call(Command::SetMldSnooping(false))
+                    .context("configure worker")?;
+            }
+        }
         let mut d = Daemon {
             cfg: cfg.clone(),
             networks: BTreeMap::new(),
@@ -609,6 +616,8 @@ impl Daemon {
             domain,
             mac,
             ips: r.ips.clone(),
+            ips6: Vec::new(),
+            router: false,
             max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
@@ -1273,7 +1282,17 @@ impl Daemon {
             .into_iter()
             .map(|(r, n)| (r.name().to_string(), n))
             .collect();
-        StatsReply { ports, drops }
+        let absorbed = self
+            .drops
+            .absorbed()
+            .into_iter()
+            .map(|(a, n)| (a.name().to_string(), n))
+            .collect();
+        StatsReply {
+            ports,
+            drops,
+            absorbed,
+        }
     }
 }
 

@@ -7,15 +7,15 @@
 //! domain by its VNI) or [`Switch::process_routed_in`] (IPIP or direct routing, mapped by the
 //! destination's L3 network); they are only ever delivered to local ports (split horizon).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use vswitch_config::{EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkKind};
 
-use super::counters::DropReason;
+use super::counters::{Absorbed, DropReason};
 use super::fdb::{EntryKind, FastMap, Fdb, PortIdx};
+use super::ipv6::{Ip6Domain, Ip6Verdict, McastTo};
 use crate::packet::{
     arp, encap, ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet,
-    Ipv6Packet,
 };
 
 pub type DomainIdx = u32;
@@ -77,6 +77,14 @@ pub enum Verdict {
         peer: PeerIdx,
         wire: Wire,
     },
+    /// Consumed by the switch (MLD report, router solicitation...): counted, not a drop.
+    Absorb(Absorbed),
+    /// IPv6 multicast: to the local ports [`Switch::mcast_targets`] lists and, if `peers`, to
+    /// the domain's peers.
+    Multicast {
+        to: McastTo,
+        peers: bool,
+    },
 }
 
 /// A port as the pipeline sees it.
@@ -85,6 +93,10 @@ pub struct PortConf {
     pub domain: DomainIdx,
     pub mac: MacAddr,
     pub ips: Vec<Ipv4Addr>,
+    /// Assigned IPv6 addresses, beside the link-local derived from `mac` (dataplane/ipv6.rs).
+    pub ips6: Vec<Ipv6Addr>,
+    /// May send router advertisements, redirects, DHCPv6 server messages, MLD queries.
+    pub router: bool,
     /// MTU + Ethernet header: longer frames are dropped.
     pub max_frame: usize,
 }
@@ -135,6 +147,8 @@ struct Domain {
     /// IP → MAC of this domain's endpoints (local ports, and remote ones from the datastore), for
     /// ARP suppression and L3 delivery.
     endpoints: FastMap<Ipv4Addr, MacAddr>,
+    /// IPv6 endpoints, router ports, MLD snooping.
+    ip6: Ip6Domain,
     fdb: Fdb,
 }
 
@@ -171,6 +185,8 @@ pub struct Switch {
     underlay: Option<UnderlayConf>,
     aging_secs: u64,
     max_learned: usize,
+    /// MLD reports steer IPv6 multicast (see `set_mld_snooping`).
+    mld_snooping: bool,
 }
 
 fn slot<T>(v: &mut Vec<Option<T>>, i: u32) -> &mut Option<T> {
@@ -190,6 +206,7 @@ impl Switch {
             underlay: None,
             aging_secs,
             max_learned,
+            mld_snooping: true,
         }
     }
 
@@ -198,12 +215,15 @@ impl Switch {
     }
 
     pub fn add_domain(&mut self, idx: DomainIdx, conf: DomainConf) {
+        let mut ip6 = Ip6Domain::default();
+        ip6.set_snooping(self.mld_snooping);
         *slot(&mut self.domains, idx) = Some(Domain {
             conf,
             ports: Vec::new(),
             peers: Vec::new(),
             routes: Vec::new(),
             endpoints: FastMap::default(),
+            ip6,
             fdb: Fdb::new(self.aging_secs, self.max_learned),
         });
     }
@@ -240,6 +260,7 @@ impl Switch {
         for ip in &conf.ips {
             d.endpoints.insert(*ip, conf.mac);
         }
+        d.ip6.add_port(idx, &conf);
         *slot(&mut self.ports, idx) = Some(conf);
         true
     }
@@ -256,6 +277,7 @@ impl Switch {
                     d.endpoints.remove(ip);
                 }
             }
+            d.ip6.remove_port(idx, &conf);
         }
     }
 
@@ -319,6 +341,7 @@ impl Switch {
                 return; // never let a remote record take a local port's MAC
             }
             d.fdb.add_static(mac, Dest::Peer(peer).loc());
+            d.ip6.add_remote(mac);
             if let Some(ip) = ip {
                 d.endpoints.insert(ip, mac);
             }
@@ -334,6 +357,7 @@ impl Switch {
         if let Some(Some(d)) = self.domains.get_mut(domain as usize) {
             if let Some(Dest::Peer(_)) = d.fdb.lookup(&mac, u64::MAX).map(Dest::from_loc) {
                 d.fdb.remove_mac(&mac);
+                d.ip6.remove_remote(mac);
                 if let Some(ip) = ip {
                     if d.endpoints.get(&ip) == Some(&mac) {
                         d.endpoints.remove(&ip);
@@ -350,6 +374,27 @@ impl Switch {
             .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
             .map_or(&[], |d| d.ports.as_slice());
         ports.iter().copied().filter(move |p| *p != in_port)
+    }
+
+    /// Local ports an IPv6 multicast frame from `in_port` goes to ([`Verdict::Multicast`]).
+    pub fn mcast_targets(
+        &self,
+        in_port: PortIdx,
+        to: McastTo,
+    ) -> impl Iterator<Item = PortIdx> + '_ {
+        self.port(in_port)
+            .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
+            .into_iter()
+            .flat_map(move |d| d.ip6.targets(in_port, to))
+    }
+
+    /// Whether MLD reports steer multicast delivery; off when this switch copy does not see
+    /// every port's reports (several workers).
+    pub fn set_mld_snooping(&mut self, on: bool) {
+        self.mld_snooping = on;
+        for d in self.domains.iter_mut().flatten() {
+            d.ip6.set_snooping(on);
+        }
     }
 
     /// Local ports of a domain (flood of a frame that came from a peer).
@@ -489,17 +534,21 @@ impl Switch {
                 }
             }
             EtherType::Ipv6 => {
-                let Ok(ip6) = Ipv6Packet::new_checked(eth.payload()) else {
-                    return Verdict::Drop(DropReason::MalformedIpv6);
-                };
-                let s = ip6.src();
-                // Pods here own no global IPv6 address; link-local (from their MAC) and the
-                // unspecified address (duplicate address detection) are theirs to use.
-                if !(s.is_unspecified() || s.is_unicast_link_local()) {
-                    return Verdict::Drop(DropReason::SpoofedSrcIp);
-                }
-                if l3 {
-                    return Verdict::Drop(DropReason::L3NotRouted);
+                // First-hop security, ND answers, MLD snooping: dataplane/ipv6.rs.
+                let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
+                match domain.ip6.ingress(in_port, port, frame) {
+                    Ip6Verdict::Drop(r) => return Verdict::Drop(r),
+                    _ if l3 => return Verdict::Drop(DropReason::L3NotRouted),
+                    Ip6Verdict::Continue => {}
+                    Ip6Verdict::Reply(n) => return Verdict::ReplyResized(n),
+                    Ip6Verdict::Absorb(a) => return Verdict::Absorb(a),
+                    Ip6Verdict::Multicast { to, peers } => {
+                        let peers = peers && spans;
+                        if !peers && domain.ip6.targets(in_port, to).next().is_none() {
+                            return Verdict::Absorb(Absorbed::McastNoListener);
+                        }
+                        return Verdict::Multicast { to, peers };
+                    }
                 }
             }
             EtherType::Vlan => return Verdict::Drop(DropReason::VlanTagged),
@@ -745,6 +794,8 @@ mod tests {
                     domain: d,
                     mac: m(d, 1),
                     ips: vec![ip(205)],
+                    ips6: vec![],
+                    router: false,
                     max_frame: 1514,
                 },
             );
@@ -754,6 +805,8 @@ mod tests {
                     domain: d,
                     mac: m(d, 2),
                     ips: vec![ip(11)],
+                    ips6: vec![],
+                    router: false,
                     max_frame: 1514,
                 },
             );
@@ -969,6 +1022,8 @@ mod tests {
                 domain: 0,
                 mac: mac(1),
                 ips: vec![Ipv4Addr::new(10, 244, 1, 5)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -978,6 +1033,8 @@ mod tests {
                 domain: 0,
                 mac: mac(2),
                 ips: vec![Ipv4Addr::new(10, 244, 1, 6)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -1166,6 +1223,8 @@ mod tests {
                 domain: 5,
                 mac: mac(1),
                 ips: vec![ip(205)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );

@@ -126,6 +126,9 @@ pub enum Command {
     Announce {
         idx: PortIdx,
     },
+    /// Whether MLD reports steer IPv6 multicast: off with several workers, each of which sees
+    /// only its own ports' reports (until learned state is shared between workers).
+    SetMldSnooping(bool),
     Shutdown,
 }
 
@@ -375,6 +378,7 @@ impl Worker {
             Command::DumpFdb { domain, reply } => {
                 let _ = reply.send(self.switch.fdb_rows(domain, self.now));
             }
+            Command::SetMldSnooping(on) => self.switch.set_mld_snooping(on),
             Command::Shutdown => {}
         }
     }
@@ -553,6 +557,20 @@ impl Worker {
                 self.flood_scratch = targets;
             }
             Verdict::Tunnel { peer, wire } => self.tunnel(peer, wire, d),
+            Verdict::Absorb(a) => self.drops.absorb(a),
+            Verdict::Multicast { to, peers } => {
+                let Some(p) = in_port else { return };
+                let mut targets = std::mem::take(&mut self.flood_scratch);
+                targets.clear();
+                targets.extend(self.switch.mcast_targets(p, to));
+                for t in &targets {
+                    self.tx(*t, d);
+                }
+                if peers {
+                    self.flood_to_peers(p, d);
+                }
+                self.flood_scratch = targets;
+            }
         }
     }
 

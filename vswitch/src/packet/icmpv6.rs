@@ -192,8 +192,7 @@ impl<T: AsRef<[u8]>> NdMessage<T> {
     }
     /// Redirect: the destination whose next hop is `target`.
     pub fn redirect_dst(&self) -> Option<Ipv6Addr> {
-        (self.msg_type() == TYPE_REDIRECT)
-            .then(|| addr(self.buffer.as_ref(), field::REDIRECT_DST))
+        (self.msg_type() == TYPE_REDIRECT).then(|| addr(self.buffer.as_ref(), field::REDIRECT_DST))
     }
     /// NA: R/S/O flags ([`NA_ROUTER`], [`NA_SOLICITED`], [`NA_OVERRIDE`]).
     pub fn na_flags(&self) -> u8 {
@@ -494,11 +493,17 @@ mod tests {
         let mut zero = b.clone();
         zero.extend_from_slice(&[OPT_SOURCE_LLADDR, 0, 0, 0, 0, 0, 0, 0]);
         let m = NdMessage::new_checked(&zero[..]).unwrap();
-        assert_eq!(m.options().collect::<Vec<_>>(), vec![Err(ParseError::Malformed)]);
+        assert_eq!(
+            m.options().collect::<Vec<_>>(),
+            vec![Err(ParseError::Malformed)]
+        );
         let mut over = b.clone();
         over.extend_from_slice(&[OPT_SOURCE_LLADDR, 2, 0, 0, 0, 0, 0, 0]);
         let m = NdMessage::new_checked(&over[..]).unwrap();
-        assert_eq!(m.options().collect::<Vec<_>>(), vec![Err(ParseError::Truncated)]);
+        assert_eq!(
+            m.options().collect::<Vec<_>>(),
+            vec![Err(ParseError::Truncated)]
+        );
         assert!(lladdr_options_match(m.options(), OPT_SOURCE_LLADDR, MacAddr::ZERO).is_err());
         assert_eq!(
             NdMessage::new_checked(&b[..NS_LEN - 1]).unwrap_err(),
@@ -534,7 +539,10 @@ mod tests {
         let m = MldMessage::new_checked(&v2[..]).unwrap();
         let r: Vec<_> = m.records().collect();
         assert_eq!(r.len(), 2);
-        assert_eq!((r[0].kind, r[0].group, r[0].sources), (MODE_IS_EXCLUDE, g, 1));
+        assert_eq!(
+            (r[0].kind, r[0].group, r[0].sources),
+            (MODE_IS_EXCLUDE, g, 1)
+        );
         assert_eq!(r[1].kind, CHANGE_TO_INCLUDE);
         // Claiming more records than present, or a record cut short, is refused.
         v2[7] = 3;
@@ -577,7 +585,7 @@ mod tests {
             }
             if let Ok(m) = NdMessage::new_checked(&data[..]) {
                 let _ = (m.target(), m.redirect_dst(), m.na_flags());
-                for o in m.options() { if let Ok(o) = o { let _ = o.lladdr(); } }
+                for o in m.options().flatten() { let _ = o.lladdr(); }
                 let _ = lladdr_options_match(m.options(), OPT_SOURCE_LLADDR, MacAddr::ZERO);
             }
             if let Ok(m) = MldMessage::new_checked(&data[..]) {

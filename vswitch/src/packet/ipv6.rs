@@ -298,12 +298,31 @@ mod tests {
         let c = HeaderChain::walk(NH_FRAGMENT, &p).unwrap();
         assert_eq!(c.upper, None);
         // Hop-by-hop anywhere but first is malformed; so are endless chains.
-        let p = [NH_HOP_BY_HOP, 0, 1, 4, 0, 0, 0, 0, NH_ICMPV6, 0, 1, 4, 0, 0, 0, 0];
+        let p = [
+            NH_HOP_BY_HOP,
+            0,
+            1,
+            4,
+            0,
+            0,
+            0,
+            0,
+            NH_ICMPV6,
+            0,
+            1,
+            4,
+            0,
+            0,
+            0,
+            0,
+        ];
         assert_eq!(
             HeaderChain::walk(NH_DEST_OPTS, &p).unwrap_err(),
             ChainError::Malformed
         );
-        let p: Vec<u8> = (0..10).flat_map(|_| [NH_DEST_OPTS, 0, 1, 4, 0, 0, 0, 0]).collect();
+        let p: Vec<u8> = (0..10)
+            .flat_map(|_| [NH_DEST_OPTS, 0, 1, 4, 0, 0, 0, 0])
+            .collect();
         assert_eq!(
             HeaderChain::walk(NH_DEST_OPTS, &p).unwrap_err(),
             ChainError::Malformed
