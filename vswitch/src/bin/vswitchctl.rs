@@ -140,6 +140,10 @@ enum PortCmd {
         /// Port kind for this pod (tap or af_packet); default: the network's.
         #[arg(long)]
         attach: Option<AttachKind>,
+        /// Mark the pod as a router: it may send IPv6 router advertisements, redirects, DHCPv6
+        /// server messages and MLD queries (dropped from other ports).
+        #[arg(long)]
+        router: bool,
     },
     /// Detach a pod: remove its interface and FDB entries.
     Del { id: String },
@@ -283,6 +287,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             ips,
             routes,
             attach,
+            router,
         }) => {
             let req = PortAddRequest {
                 id: id.clone(),
@@ -293,6 +298,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 ips: ips.clone(),
                 routes: routes.clone(),
                 attach: *attach,
+                router: *router,
             };
             let p: PortInfo = call(cli, Request::PortAdd(req))?;
             if cli.json {

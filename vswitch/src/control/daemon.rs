@@ -617,7 +617,7 @@ impl Daemon {
             mac,
             ips: r.ips.clone(),
             ips6: Vec::new(),
-            router: false,
+            router: r.router,
             max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
@@ -810,6 +810,7 @@ impl Daemon {
             ips: addrs.iter().map(|a| a.ip).collect(),
             routes: routes.clone(),
             attach: r.attach,
+            router: false,
         };
         let added = self
             .port_add(req, Some(r.container_id.clone()))
