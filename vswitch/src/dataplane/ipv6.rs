@@ -137,6 +137,14 @@ pub enum Ip6Verdict {
     },
 }
 
+/// The owner of an IPv6 address: its MAC, and whether it is a router port (its NAs carry the
+/// router flag: a host drops a router whose NA clears it, RFC 4861 7.2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub mac: MacAddr,
+    pub router: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Group {
     addr: Ipv6Addr,
@@ -149,8 +157,8 @@ struct Group {
 /// IPv6 state of one domain: address table, router ports, multicast groups.
 #[derive(Debug, Default)]
 pub struct Ip6Domain {
-    /// Address → MAC of every local port's addresses and remote endpoints' link-locals.
-    endpoints: FastMap<Ipv6Addr, MacAddr>,
+    /// Address → owner of every local port's addresses and remote endpoints' link-locals.
+    endpoints: FastMap<Ipv6Addr, Owner>,
     routers: Vec<PortIdx>,
     groups: Vec<Option<Group>>,
     free: Vec<GroupIdx>,
@@ -186,7 +194,13 @@ impl Ip6Domain {
 
     pub fn add_port(&mut self, idx: PortIdx, conf: &PortConf) {
         for a in owned(conf) {
-            self.endpoints.insert(a, conf.mac);
+            self.endpoints.insert(
+                a,
+                Owner {
+                    mac: conf.mac,
+                    router: conf.router,
+                },
+            );
             let g = self.group_mut(solicited_node(a));
             if !g.owners.contains(&idx) {
                 g.owners.push(idx);
@@ -199,7 +213,7 @@ impl Ip6Domain {
 
     pub fn remove_port(&mut self, idx: PortIdx, conf: &PortConf) {
         for a in owned(conf) {
-            if self.endpoints.get(&a) == Some(&conf.mac) {
+            if self.endpoints.get(&a).is_some_and(|o| o.mac == conf.mac) {
                 self.endpoints.remove(&a);
             }
         }
@@ -215,18 +229,20 @@ impl Ip6Domain {
 
     /// A remote endpoint (another node's pod): its link-local answers NS like a local one.
     pub fn add_remote(&mut self, mac: MacAddr) {
-        self.endpoints.entry(link_local(mac)).or_insert(mac);
+        self.endpoints
+            .entry(link_local(mac))
+            .or_insert(Owner { mac, router: false });
     }
 
     pub fn remove_remote(&mut self, mac: MacAddr) {
         let a = link_local(mac);
-        if self.endpoints.get(&a) == Some(&mac) {
+        if self.endpoints.get(&a).is_some_and(|o| o.mac == mac) {
             self.endpoints.remove(&a);
         }
     }
 
-    /// The MAC owning `a`, if any port or remote endpoint of the domain does.
-    pub fn owner(&self, a: Ipv6Addr) -> Option<MacAddr> {
+    /// Who owns `a`, if any port or remote endpoint of the domain does.
+    pub fn owner(&self, a: Ipv6Addr) -> Option<Owner> {
         self.endpoints.get(&a).copied()
     }
 
@@ -532,7 +548,8 @@ impl Ip6Domain {
                 if target.is_multicast() || target.is_unspecified() {
                     return Ip6Verdict::Drop(DropReason::MalformedNd);
                 }
-                let owner = self.owner(target).filter(|m| *m != port.mac);
+                let owner = self.owner(target).filter(|o| o.mac != port.mac);
+                let router_flag = |o: Owner| if o.router { icmpv6::NA_ROUTER } else { 0 };
                 if src.is_unspecified() {
                     // Duplicate address detection (RFC 4862 5.4.2): sent to the target's
                     // solicited-node group.
@@ -542,29 +559,29 @@ impl Ip6Domain {
                     if owns(port, target) {
                         return self.multicast_verdict(eth_dst, dst);
                     }
-                    let Some(mac) = owner else {
+                    let Some(o) = owner else {
                         return Ip6Verdict::Drop(DropReason::NdSpoofedTarget);
                     };
                     // Defend the address for its owner: the prober sees the conflict.
                     let n = write_na(
                         frame,
                         multicast_mac(ALL_NODES),
-                        mac,
+                        o.mac,
                         ALL_NODES,
-                        icmpv6::NA_OVERRIDE,
+                        icmpv6::NA_OVERRIDE | router_flag(o),
                         target,
                     );
                     return Ip6Verdict::Reply(n);
                 }
                 if dst.is_multicast() && eth_dst.is_multicast() {
-                    if let Some(mac) = owner {
+                    if let Some(o) = owner {
                         if frame.len() >= NA_FRAME_LEN {
                             let n = write_na(
                                 frame,
                                 port.mac,
-                                mac,
+                                o.mac,
                                 src,
-                                icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+                                icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE | router_flag(o),
                                 target,
                             );
                             return Ip6Verdict::Reply(n);

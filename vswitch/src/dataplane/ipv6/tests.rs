@@ -385,6 +385,16 @@ fn solicitation_for_a_known_address_is_answered_by_the_switch() {
     let mut f = ns(mac(1), ll(1), a6("fe80::1:2:3:4"), Some(mac(1)));
     let v = s.process(0, &mut f, false, 0);
     assert_eq!(targets(&s, 0, v), vec![ROUTER]);
+    // A router port's address is answered with the router flag (else hosts drop the router).
+    let mut f = ns(mac(1), ll(1), ll(9), Some(mac(1)));
+    let Verdict::ReplyResized(n) = s.process(0, &mut f, false, 0) else {
+        panic!("expected an answer");
+    };
+    let nd = NdMessage::new_checked(&f[54..n]).unwrap();
+    assert_eq!(
+        nd.na_flags(),
+        icmpv6::NA_ROUTER | icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE
+    );
 }
 
 #[test]
