@@ -11,7 +11,8 @@
 //!   `rogue_ra` / `ipv6_header_chain` / `rogue_redirect` / `rogue_dhcpv6`; the same RA from a
 //!   port marked `--router` does reach them.
 //! - d: legitimate ND and `ping6` between link-local addresses work, tap and af_packet; the
-//!   switch answers the NS itself (the target pod sees no multicast NS).
+//!   switch answers the NS itself (the target pod sees no multicast NS). A pod adding another
+//!   pod's address fails DAD (the switch defends it).
 //! - e: 50 pods: their DAD/RS/MLD chatter and NS produce (almost) no writes to other ports;
 //!   captures show no other pod's MLD reports, RS or DAD probes.
 
@@ -173,12 +174,12 @@ fn link_local_helper() {
 
 /// a, b, c, d for one attach kind (the attacker is always `attach`; the victim and its
 /// neighbour are one tap and one af_packet port, so every pair is crossed).
-fn first_hop(test: &str, attach: &str) {
+fn first_hop(test: &str, attach: &str, daemon_extra: &str) {
     if !require_root(test) {
         return;
     }
     let mut lab = Lab::new().unwrap();
-    let d = lab.node_with_network(attach, "").unwrap();
+    let d = lab.node_with_network(attach, daemon_extra).unwrap();
     let p1 = add_pod(&mut lab, &d, "p1", ATTACKER_MAC, "192.168.1.11", &[]);
     let p2 = add_pod(
         &mut lab,
@@ -451,6 +452,61 @@ fn first_hop(test: &str, attach: &str) {
         }
     }
 
+    // DAD for an address another pod owns: the switch defends it, the prober marks it failed
+    // (and the owner never sees the probe).
+    let cap2 = lab.capture(&p2.ns, "eth1", "icmp6").unwrap();
+    lab.exec_ok(
+        &p1.ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{ll2}/64"),
+            "dev",
+            "eth1",
+        ],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut addrs = String::new();
+    while Instant::now() < deadline {
+        addrs = lab
+            .exec_ok(&p1.ns, &["ip", "-6", "addr", "show", "dev", "eth1"])
+            .unwrap_or_default();
+        if addrs.contains("dadfailed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !addrs.contains("dadfailed") {
+        problems.push(format!(
+            "dad: {} adding {ll2} (owned by {}) did not fail DAD: {addrs}",
+            p1.id, p2.id
+        ));
+    }
+    let _ = lab.exec(
+        &p1.ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "del",
+            &format!("{ll2}/64"),
+            "dev",
+            "eth1",
+        ],
+    );
+    let l2 = lab.finish_capture(cap2).unwrap();
+    let probes = multicast_ns_for(&l2, &ll2);
+    if !probes.is_empty() {
+        problems.push(format!(
+            "dad: {} saw the probe for its own address: {}",
+            p2.id,
+            show_lines(&probes, 5)
+        ));
+    }
+
     // Still working afterwards.
     let (ok, out) = ping6(&lab, &p1, &ll2, 2);
     if !ok {
@@ -464,12 +520,19 @@ fn first_hop(test: &str, attach: &str) {
 
 #[test]
 fn ipv6_first_hop_security_tap() {
-    first_hop("ipv6_first_hop_security_tap", "tap");
+    first_hop("ipv6_first_hop_security_tap", "tap", "");
 }
 
 #[test]
 fn ipv6_first_hop_security_af_packet() {
-    first_hop("ipv6_first_hop_security_af_packet", "af_packet");
+    first_hop("ipv6_first_hop_security_af_packet", "af_packet", "");
+}
+
+/// With two workers each sees only its own ports' MLD reports; the checks and answers, which
+/// come from configuration, must hold all the same.
+#[test]
+fn ipv6_first_hop_security_two_workers() {
+    first_hop("ipv6_first_hop_security_two_workers", "tap", "workers = 2");
 }
 
 /// e: 50 tap pods in one network. After they attach (DAD, RS, MLD reports from each), 10 idle
