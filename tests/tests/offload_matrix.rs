@@ -15,8 +15,20 @@ const BYTES: u64 = 24 << 20;
 fn pod(lab: &mut Lab, d: &Daemon, short: &str, attach: &str, network: &str, ip: &str) -> String {
     let ns = lab.netns(short).unwrap();
     d.ctl(&[
-        "port", "add", "--netns", &ns, "--network", network, "--ifname", "eth1", "--id", short,
-        "--ip", ip, "--attach", attach,
+        "port",
+        "add",
+        "--netns",
+        &ns,
+        "--network",
+        network,
+        "--ifname",
+        "eth1",
+        "--id",
+        short,
+        "--ip",
+        ip,
+        "--attach",
+        attach,
     ])
     .unwrap_or_else(|e| panic!("port add {short}: {e:#}\n{}", d.log_tail(40)));
     ns
@@ -58,7 +70,10 @@ fn matrix(io: &str) {
             let (ip_a, ip_b) = (format!("192.168.1.{n}"), format!("192.168.1.{}", n + 1));
             let ns_a = pod(&mut lab, &d, &format!("a{n}"), a, "net", &ip_a);
             let ns_b = pod(&mut lab, &d, &format!("b{n}"), b, "net", &ip_b);
-            assert!(lab.ping_until(&ns_a, &ip_b, Duration::from_secs(5)), "{a}->{b} ping");
+            assert!(
+                lab.ping_until(&ns_a, &ip_b, Duration::from_secs(5)),
+                "{a}->{b} ping"
+            );
             let mut result = None;
             let biggest = max_frame_seen(&mut lab, &ns_b, |lab| {
                 result = Some(lab.tcp_transfer(&ns_b, &ip_b, &ns_a, 7000 + n as u16, BYTES));
@@ -121,7 +136,9 @@ fn software_segmentation_for_a_tap_without_offloads() {
     let cap = lab
         .spawn(
             std::process::Command::new("ip")
-                .args(["netns", "exec", &ns_b, "tcpdump", "-n", "-p", "-U", "-i", "eth1"])
+                .args([
+                    "netns", "exec", &ns_b, "tcpdump", "-n", "-p", "-U", "-i", "eth1",
+                ])
                 .args(["-w", &pcap_s, "-s", "128", "tcp"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null()),
@@ -134,15 +151,29 @@ fn software_segmentation_for_a_tap_without_offloads() {
     lab.stop(cap);
     // tshark verifies the checksums itself and flags malformed segments.
     let rows = checked_segments(&pcap, "ip.src == 192.168.1.10 && tcp.len > 0");
-    assert!(rows.len() > 1000, "only {} data segments captured", rows.len());
+    assert!(
+        rows.len() > 1000,
+        "only {} data segments captured",
+        rows.len()
+    );
     for r in &rows {
         let len: usize = r[0].parse().unwrap_or(0);
-        assert!(len <= 1514, "a {len} B frame reached the tap without offloads: {r:?}");
-        assert_eq!(r[1], "2", "TCP checksum not good (tshark status {}): {r:?}", r[1]);
+        assert!(
+            len <= 1514,
+            "a {len} B frame reached the tap without offloads: {r:?}"
+        );
+        assert_eq!(
+            r[1], "2",
+            "TCP checksum not good (tshark status {}): {r:?}",
+            r[1]
+        );
         assert_eq!(r[2], "2", "IPv4 checksum not good: {r:?}");
         assert!(r[3].is_empty(), "malformed: {r:?}");
     }
-    println!("{} segments cut in software, all checksums good", rows.len());
+    println!(
+        "{} segments cut in software, all checksums good",
+        rows.len()
+    );
 }
 
 /// Per captured frame matching `filter`: length, TCP and IPv4 checksum status (tshark's own
@@ -151,13 +182,22 @@ pub fn checked_segments(pcap: &std::path::Path, filter: &str) -> Vec<Vec<String>
     let out = std::process::Command::new("tshark")
         .args(["-n", "-r"])
         .arg(pcap)
-        .args(["-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE"])
+        .args([
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "ip.check_checksum:TRUE",
+        ])
         .args(["-Y", filter, "-T", "fields", "-E", "separator=/t"])
         .args(["-e", "frame.len", "-e", "tcp.checksum.status"])
         .args(["-e", "ip.checksum.status", "-e", "_ws.malformed"])
         .output()
         .expect("run tshark");
-    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {

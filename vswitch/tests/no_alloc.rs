@@ -3,8 +3,9 @@
 //! software for a port without offloads, ARP answered by the switch). Needs no root.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vswitch::dataplane::counters::{DropCounters, PortCounters};
@@ -18,13 +19,21 @@ use vswitch_config::MacAddr;
 
 struct Counting;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Counting is on for this thread only: the test harness allocates on its own threads.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours.
@@ -35,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours.
@@ -103,7 +112,10 @@ fn arp_request(from: u8, target: Ipv4Addr, out: &mut [u8]) -> usize {
 #[test]
 fn switching_10000_frames_allocates_nothing() {
     let mut switch = Switch::new(300, 1000);
-    switch.add_domain(0, DomainConf::l2(GW, GW_MAC, "10.9.0.0/24".parse().unwrap()));
+    switch.add_domain(
+        0,
+        DomainConf::l2(GW, GW_MAC, "10.9.0.0/24".parse().unwrap()),
+    );
     let pool = BufferPool::new(512).unwrap();
     let mut e = Engine::new(0, switch, pool, Arc::new(DropCounters::default()));
     let wires: Vec<Arc<FakeWire>> = (0..3)
@@ -124,6 +136,8 @@ fn switching_10000_frames_allocates_nothing() {
                 domain: 0,
                 mac: mac(n),
                 ips: vec![ip(n)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -150,7 +164,7 @@ fn switching_10000_frames_allocates_nothing() {
             offset: 16,
         },
     };
-    let mut send = |e: &mut Engine, k: usize| {
+    let mut send = |e: &mut Engine, io: &mut SyncTx, k: usize| {
         let (port, len, off) = match k % 10 {
             // ARP for a neighbour: answered by the switch.
             0 => (0u32, arp_request(1, ip(2), &mut frame), Offload::NONE),
@@ -170,24 +184,28 @@ fn switching_10000_frames_allocates_nothing() {
         let buf = e.pool.buf_mut(b);
         buf[HEADROOM - VNET_HDR_LEN..HEADROOM].copy_from_slice(&off.emit(54));
         buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
-        e.rx_port(&mut io, port, b, VNET_HDR_LEN + len);
+        e.rx_port(io, port, b, VNET_HDR_LEN + len);
         if k % 16 == 15 {
-            e.flush(&mut io);
+            e.flush(io);
         }
     };
     // Warm up: FDB learning and first-use growth happen here.
     for k in 0..100 {
-        send(&mut e, k);
+        send(&mut e, &mut io, k);
     }
     e.flush(&mut io);
     let free_before = e.pool.available();
-    COUNTING.store(true, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
     for k in 0..10_000 {
-        send(&mut e, k);
+        send(&mut e, &mut io, k);
     }
     e.flush(&mut io);
-    COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the fast path");
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(
+        ALLOCS.load(Ordering::SeqCst),
+        0,
+        "allocations on the fast path"
+    );
     assert_eq!(e.pool.available(), free_before, "every buffer returned");
     // What the ports saw, per 10 frames: port 0 an ARP reply and a 64 KiB superframe; port 1
     // six 1400 B frames and a broadcast; port 2 ten segments of the 14 KiB superframe and the

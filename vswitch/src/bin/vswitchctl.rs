@@ -143,6 +143,10 @@ enum PortCmd {
         /// Port kind for this pod (tap or af_packet); default: the network's.
         #[arg(long)]
         attach: Option<AttachKind>,
+        /// Mark the pod as a router: it may send IPv6 router advertisements, redirects, DHCPv6
+        /// server messages and MLD queries (dropped from other ports).
+        #[arg(long)]
+        router: bool,
     },
     /// Detach a pod: remove its interface and FDB entries.
     Del { id: String },
@@ -290,6 +294,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             ips,
             routes,
             attach,
+            router,
         }) => {
             let req = PortAddRequest {
                 id: id.clone(),
@@ -300,6 +305,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 ips: ips.clone(),
                 routes: routes.clone(),
                 attach: *attach,
+                router: *router,
             };
             let p: PortInfo = call(cli, Request::PortAdd(req))?;
             if cli.json {
@@ -463,6 +469,14 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             table(
                 &["DROP REASON", "PACKETS"],
                 s.drops
+                    .iter()
+                    .map(|(k, v)| vec![k.clone(), v.to_string()])
+                    .collect(),
+            );
+            println!();
+            table(
+                &["ABSORBED BY THE SWITCH", "PACKETS"],
+                s.absorbed
                     .iter()
                     .map(|(k, v)| vec![k.clone(), v.to_string()])
                     .collect(),

@@ -178,6 +178,10 @@ pub struct PortAddRequest {
     /// Port kind for this pod; default: the network's `attach`. Kinds may be mixed in a network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<AttachKind>,
+    /// The pod is a router: it may send IPv6 router advertisements, redirects, DHCPv6 server
+    /// messages and MLD queries (dropped from other ports).
+    #[serde(default)]
+    pub router: bool,
 }
 
 /// What kind of failure a request met; stable strings for scripts and the CNI plugin.
@@ -318,6 +322,10 @@ pub struct StatsReply {
     pub ports: Vec<PortStats>,
     /// Drops by reason, over the daemon's lifetime (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,
+    /// Frames the switch consumed as the protocol's peer (MLD reports, router solicitations,
+    /// multicast nobody else listens to): not drops.
+    #[serde(default)]
+    pub absorbed: BTreeMap<String, u64>,
 }
 
 /// Client error: transport or daemon-side.

@@ -21,13 +21,13 @@ use super::api::{
     CniGcReply, CniIpam, ErrorKind, FdbEntryInfo, FdbEntryKind, FdbSource, IpamAllocation,
     NetworkInfo, PeerInfo, PortAddRequest, PortInfo, PortStats, Request, StatsReply,
 };
+use super::device;
 use super::ipam::{Ipam, IpamError};
 use super::netconf::{self, PodIfConfig};
 use crate::dataplane::fdb::{EntryKind, PortIdx};
 use crate::dataplane::pipeline::{
     Dest, DomainConf, DomainIdx, PeerConf, PeerIdx, PortConf, UnderlayConf,
 };
-use super::device;
 use crate::dataplane::port::PortDev;
 use crate::dataplane::underlay::Uplink;
 use crate::dataplane::worker::{Command, WorkerHandle};
@@ -146,6 +146,13 @@ impl Daemon {
             io = workers.first().map_or("none", |w| w.io.name()),
             "dataplane workers started"
         );
+        if workers.len() > 1 {
+            // Each worker sees only its own ports' MLD reports: reported groups are flooded.
+            for w in &workers {
+                w.call(Command::SetMldSnooping(false))
+                    .context("configure worker")?;
+            }
+        }
         let mut d = Daemon {
             cfg: cfg.clone(),
             networks: BTreeMap::new(),
@@ -614,6 +621,8 @@ impl Daemon {
             domain,
             mac,
             ips: r.ips.clone(),
+            ips6: Vec::new(),
+            router: r.router,
             max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
@@ -807,6 +816,7 @@ impl Daemon {
             ips: addrs.iter().map(|a| a.ip).collect(),
             routes: routes.clone(),
             attach: r.attach,
+            router: false,
         };
         let added = self
             .port_add(req, Some(r.container_id.clone()))
@@ -931,7 +941,9 @@ impl Daemon {
             self.node.underlay_interface.as_deref(),
         )?);
         if !up.udp_gso {
-            tracing::warn!("the kernel lacks UDP_SEGMENT: VXLAN superframes leave one datagram at a time");
+            tracing::warn!(
+                "the kernel lacks UDP_SEGMENT: VXLAN superframes leave one datagram at a time"
+            );
         }
         self.underlay_mtu = mtu;
         let underlay = UnderlayConf {
@@ -1278,7 +1290,17 @@ impl Daemon {
         for (k, v) in self.kernel_drops() {
             drops.insert(k.to_string(), v);
         }
-        StatsReply { ports, drops }
+        let mut absorbed: BTreeMap<String, u64> = BTreeMap::new();
+        for w in &self.workers {
+            for (a, n) in w.drops.absorbed() {
+                *absorbed.entry(a.name().to_string()).or_default() += n;
+            }
+        }
+        StatsReply {
+            ports,
+            drops,
+            absorbed,
+        }
     }
 
     /// Losses in the kernel in front of us, by where they happen: pod taps' transmit queues

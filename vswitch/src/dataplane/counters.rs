@@ -29,7 +29,7 @@ drop_reasons! {
     FrameTooLong => "frame_too_long": "longer than the network MTU plus the Ethernet header",
     InvalidSrcMac => "invalid_src_mac": "source MAC is multicast or zero",
     SpoofedSrcMac => "spoofed_src_mac": "source MAC is not the port's MAC",
-    SpoofedSrcIp => "spoofed_src_ip": "IPv4/IPv6 source address is not one of the port's addresses",
+    SpoofedSrcIp => "spoofed_src_ip": "IPv4 source address is not one of the port's addresses",
     SpoofedArp => "spoofed_arp": "ARP sender MAC/IP is not the port's",
     MalformedArp => "malformed_arp": "ARP body truncated or not Ethernet/IPv4 ARP",
     MalformedIpv4 => "malformed_ipv4": "IPv4 header truncated, bad version/IHL, or total length beyond the frame",
@@ -51,15 +51,54 @@ drop_reasons! {
     MalformedTunnel => "malformed_tunnel": "VXLAN/IPIP/direct packet from the underlay too short or malformed",
     BadOffload => "bad_offload": "virtio-net header with an unknown GSO type, a GSO without segment size, or a checksum position outside the frame",
     Unsegmentable => "unsegmentable": "a superframe for an egress without offloads that is not TCP/UDP over IPv4/IPv6 (cannot be cut in software)",
+    // IPv6 first-hop security (dataplane/ipv6.rs).
+    SpoofedSrcIpv6 => "spoofed_src_ipv6": "IPv6 source is not the port's link-local (EUI-64 of its MAC) or an assigned address (:: only for DAD, MLD reports, RS)",
+    NdSpoofedTarget => "nd_spoofed_target": "neighbour advertisement or DAD probe for an address the port does not own",
+    NdSpoofedLladdr => "nd_spoofed_lladdr": "ND source/target link-layer address option is not the port's MAC",
+    RogueRa => "rogue_ra": "router advertisement from a port not marked router (RA guard)",
+    RogueRedirect => "rogue_redirect": "ICMPv6 redirect from a port not marked router",
+    RogueDhcpv6 => "rogue_dhcpv6": "DHCPv6 server/relay message (to UDP 546 or from 547) from a port not marked router",
+    RogueMldQuery => "rogue_mld_query": "MLD query from a port not marked router",
+    MalformedNd => "malformed_nd": "ND message truncated, bad checksum/options/code, hop limit not 255, or fragmented",
+    MalformedMld => "malformed_mld": "MLD report/done truncated, bad checksum, hop limit not 1, no router alert, source not link-local, or fragmented",
+    Ipv6HeaderChain => "ipv6_header_chain": "IPv6 extension headers truncated, too many, or the upper-layer header not in the first fragment (RFC 7112)",
 }
 
-/// Drop counters by reason, of one worker.
+macro_rules! absorbed_kinds {
+    ($($variant:ident => $name:literal : $doc:literal,)*) => {
+        /// Frames the switch consumed as the protocol's peer: counted, not drops (nothing was
+        /// lost; nobody else needed them).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Absorbed { $(#[doc = $doc] $variant,)* }
+
+        impl Absorbed {
+            pub const ALL: &'static [Absorbed] = &[$(Absorbed::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            /// The stable name used in stats and metrics.
+            pub fn name(self) -> &'static str {
+                match self { $(Absorbed::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+absorbed_kinds! {
+    MldReport => "mld_report": "MLD report or done: used for snooping, not sent to other pods",
+    RouterSolicit => "router_solicit": "router solicitation in a network without a router port (the switch routes no IPv6)",
+    McastNoListener => "mcast_no_listener": "IPv6 multicast no other port listens to (DAD probes, NS for unknown targets)",
+}
+
+/// Drop counters by reason, and absorbed-frame counters, of one worker.
 #[derive(Debug)]
-pub struct DropCounters([AtomicU64; DropReason::COUNT]);
+pub struct DropCounters([AtomicU64; DropReason::COUNT], [AtomicU64; Absorbed::COUNT]);
 
 impl Default for DropCounters {
     fn default() -> Self {
-        DropCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+        DropCounters(
+            std::array::from_fn(|_| AtomicU64::new(0)),
+            std::array::from_fn(|_| AtomicU64::new(0)),
+        )
     }
 }
 
@@ -74,6 +113,16 @@ impl DropCounters {
     }
     pub fn snapshot(&self) -> Vec<(DropReason, u64)> {
         DropReason::ALL.iter().map(|r| (*r, self.get(*r))).collect()
+    }
+    #[inline]
+    pub fn absorb(&self, a: Absorbed) {
+        bump(&self.1[a as usize], 1);
+    }
+    pub fn absorbed(&self) -> Vec<(Absorbed, u64)> {
+        Absorbed::ALL
+            .iter()
+            .map(|a| (*a, self.1[*a as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -125,6 +174,9 @@ mod tests {
     fn names_are_unique_snake_case() {
         let names: HashSet<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), DropReason::COUNT);
+        let absorbed: HashSet<_> = Absorbed::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(absorbed.len(), Absorbed::COUNT);
+        let names: HashSet<_> = names.union(&absorbed).copied().collect();
         for n in names {
             assert!(
                 n.chars()
@@ -135,5 +187,7 @@ mod tests {
         let c = DropCounters::default();
         c.inc(DropReason::Hairpin);
         assert_eq!(c.get(DropReason::Hairpin), 1);
+        c.absorb(Absorbed::MldReport);
+        assert_eq!(c.absorbed()[Absorbed::MldReport as usize].1, 1);
     }
 }

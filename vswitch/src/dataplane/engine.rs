@@ -202,7 +202,14 @@ impl Engine {
 
     /// An IPIP packet (outer IPv4 header at `at`) from `src`. The caller left at least an
     /// Ethernet header of room in front of `at + outer header`. Takes the buffer.
-    pub fn rx_ipip(&mut self, io: &mut dyn TxIo, buf: BufIdx, at: usize, len: usize, src: Ipv4Addr) {
+    pub fn rx_ipip(
+        &mut self,
+        io: &mut dyn TxIo,
+        buf: BufIdx,
+        at: usize,
+        len: usize,
+        src: Ipv4Addr,
+    ) {
         let pkt = &self.pool.buf(buf)[at..at + len];
         match self.overlay.demux_ipip(src, pkt) {
             Ok((_, hl, inner)) => self.rx_routed(io, buf, at + hl, inner),
@@ -244,7 +251,11 @@ impl Engine {
             self.drops.inc(DropReason::NoRoute);
             return;
         };
-        let mut d = Desc::at(buf, ip_at - ethernet::HEADER_LEN, ip_len + ethernet::HEADER_LEN);
+        let mut d = Desc::at(
+            buf,
+            ip_at - ethernet::HEADER_LEN,
+            ip_len + ethernet::HEADER_LEN,
+        );
         let copied = !self.pool.mem().writable(buf);
         if copied {
             match self.pool.copy(d) {
@@ -266,7 +277,14 @@ impl Engine {
         }
     }
 
-    fn deliver_routed(&mut self, io: &mut dyn TxIo, buf: BufIdx, ip_at: usize, ip_len: usize, off: Offload) {
+    fn deliver_routed(
+        &mut self,
+        io: &mut dyn TxIo,
+        buf: BufIdx,
+        ip_at: usize,
+        ip_len: usize,
+        off: Offload,
+    ) {
         let Some(dst) = ipv4_dst(&self.pool.buf(buf)[ip_at..ip_at + ip_len]) else {
             self.drops.inc(DropReason::MalformedTunnel);
             return;
@@ -275,7 +293,11 @@ impl Engine {
             self.drops.inc(DropReason::NoRoute);
             return;
         };
-        let d = Desc::at(buf, ip_at - ethernet::HEADER_LEN, ip_len + ethernet::HEADER_LEN);
+        let d = Desc::at(
+            buf,
+            ip_at - ethernet::HEADER_LEN,
+            ip_len + ethernet::HEADER_LEN,
+        );
         self.deliver(io, Origin::Routed { domain }, d, off);
     }
 
@@ -312,7 +334,8 @@ impl Engine {
                 let at = (p.desc.off + p.desc.len) as usize;
                 let fits = p.origin == origin
                     && at + seg.payload_len <= self.pool.buf(p.desc.buf).len()
-                    && p.run.accepts(self.pool.frame(p.desc), self.pool.frame(d), &seg)
+                    && p.run
+                        .accepts(self.pool.frame(p.desc), self.pool.frame(d), &seg)
                     && self.pool.mem().writable(p.desc.buf);
                 if fits {
                     let src = d.off as usize + seg.lay.payload..(d.off + d.len) as usize;
@@ -454,6 +477,20 @@ impl Engine {
                 }
             }
             Verdict::Tunnel { peer, wire } => self.tunnel(io, peer, wire, d, off),
+            Verdict::Absorb(a) => self.drops.absorb(a),
+            Verdict::Multicast { to, peers } => {
+                let Some(p) = in_port else { return };
+                let mut targets = std::mem::take(&mut self.flood);
+                targets.clear();
+                targets.extend(self.switch.mcast_targets(p, to));
+                for &t in &targets {
+                    self.egress(io, t, d, off);
+                }
+                self.flood = targets;
+                if peers {
+                    self.flood_to_peers(io, p, d, off);
+                }
+            }
         }
     }
 
@@ -504,7 +541,14 @@ impl Engine {
         self.queue(io, p, TxItem { desc: target, off });
     }
 
-    fn segment_to_port(&mut self, io: &mut dyn TxIo, p: PortIdx, d: Desc, off: Offload, partial_ok: bool) {
+    fn segment_to_port(
+        &mut self,
+        io: &mut dyn TxIo,
+        p: PortIdx,
+        d: Desc,
+        off: Offload,
+        partial_ok: bool,
+    ) {
         let plan = match Plan::new(self.pool.frame(d), &off) {
             Ok(plan) => plan,
             Err(_) => {
@@ -518,7 +562,8 @@ impl Engine {
                 return;
             };
             let hl = plan.hdr_len();
-            let csum = match plan.write_header(self.pool.frame(d), k, &mut self.seg_hdr, partial_ok) {
+            let csum = match plan.write_header(self.pool.frame(d), k, &mut self.seg_hdr, partial_ok)
+            {
                 Ok(c) => c,
                 Err(_) => {
                     self.pool.release(b);
@@ -643,7 +688,9 @@ impl Engine {
         let local_ip;
         let sock;
         {
-            let Some(up) = self.uplink.as_ref() else { return };
+            let Some(up) = self.uplink.as_ref() else {
+                return;
+            };
             local_ip = up.up.local_ip;
             let n = up.up.vxlan_tx.len();
             sock = match wire {
@@ -655,7 +702,9 @@ impl Engine {
             };
         }
         let frame_tos = self.pool.frame(d).get(ethernet::HEADER_LEN + 1).copied();
-        let Some(up) = self.uplink.as_mut() else { return };
+        let Some(up) = self.uplink.as_mut() else {
+            return;
+        };
         up.begin(dst, sock, 0);
         let eth = ethernet::HEADER_LEN;
         match wire {
@@ -685,7 +734,15 @@ impl Engine {
     /// A superframe to a peer, cut into segments that fit the underlay: VXLAN as `UDP_SEGMENT`
     /// trains (headers in slots, payload chunks from the superframe), IPIP/direct one raw packet
     /// per segment.
-    fn tunnel_segments(&mut self, io: &mut dyn TxIo, dst: Ipv4Addr, wire: Wire, d: Desc, off: Offload, mtu: u16) {
+    fn tunnel_segments(
+        &mut self,
+        io: &mut dyn TxIo,
+        dst: Ipv4Addr,
+        wire: Wire,
+        d: Desc,
+        off: Offload,
+        mtu: u16,
+    ) {
         let vxlan = matches!(wire, Wire::Vxlan { .. });
         let outer = match wire {
             Wire::Vxlan { .. } => overlay::overhead(true),
@@ -737,7 +794,9 @@ impl Engine {
             let take = per_msg.min(plan.count - k);
             self.ensure_underlay_room(io, 2 * take, take);
             let frame_off = d.off as usize;
-            let Some(up) = self.uplink.as_mut() else { return };
+            let Some(up) = self.uplink.as_mut() else {
+                return;
+            };
             up.begin(dst, sock, if take > 1 { dgram as u16 } else { 0 });
             for s in k..k + take {
                 let slot = up.hdr_slot();
@@ -769,7 +828,8 @@ impl Engine {
                         slot[base..base + ip_hdrs].copy_from_slice(&tmp[eth..hdr_len]);
                         if wire == Wire::Ipip {
                             let inner = ip_hdrs + plan.payload(s).len();
-                            slot[..20].copy_from_slice(&overlay::ipip_header(local_ip, dst, tos, inner));
+                            slot[..20]
+                                .copy_from_slice(&overlay::ipip_header(local_ip, dst, tos, inner));
                         }
                         base + ip_hdrs
                     }
@@ -795,7 +855,11 @@ impl Engine {
     }
 
     fn ensure_underlay_room(&mut self, io: &mut dyn TxIo, pieces: usize, hdrs: usize) {
-        if self.uplink.as_ref().is_some_and(|u| !u.has_room(pieces, hdrs)) {
+        if self
+            .uplink
+            .as_ref()
+            .is_some_and(|u| !u.has_room(pieces, hdrs))
+        {
             self.flush_underlay(io);
         }
     }

@@ -46,7 +46,9 @@ pub struct Entry {
 pub enum Learn {
     /// Already known at this port (timestamp refreshed). `share`: time to tell the other
     /// workers again, so their copies do not age out while traffic keeps it alive here.
-    Refreshed { share: bool },
+    Refreshed {
+        share: bool,
+    },
     New,
     /// Was learned on another port; moved.
     Moved {

@@ -47,10 +47,7 @@ impl Overlay {
     ) -> Result<(PeerIdx, DomainIdx), DropReason> {
         let vni = encap::parse_vxlan(payload).map_err(|_| DropReason::MalformedTunnel)?;
         let peer = self.peer(src).ok_or(DropReason::UnknownPeer)?;
-        let dom = *self
-            .vni_domains
-            .get(&vni)
-            .ok_or(DropReason::UnknownVni)?;
+        let dom = *self.vni_domains.get(&vni).ok_or(DropReason::UnknownVni)?;
         Ok((peer, dom))
     }
 
@@ -166,7 +163,12 @@ mod tests {
 
     #[test]
     fn headers_and_sizes() {
-        let h = ipip_header(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 0, 1480);
+        let h = ipip_header(
+            Ipv4Addr::new(1, 2, 3, 4),
+            Ipv4Addr::new(5, 6, 7, 8),
+            0,
+            1480,
+        );
         assert_eq!(crate::packet::checksum::checksum(&h), 0);
         assert_eq!(u16::from_be_bytes([h[2], h[3]]), 1500);
         // 1500 underlay, VXLAN: 50 outer + 14 inner Ethernet; TCP/IPv4 with timestamps.

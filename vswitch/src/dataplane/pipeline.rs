@@ -7,17 +7,17 @@
 //! domain by its VNI) or [`Switch::process_routed_in`] (IPIP or direct routing, mapped by the
 //! destination's L3 network); they are only ever delivered to local ports (split horizon).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use vswitch_config::{EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkKind};
 
-use super::counters::DropReason;
+use super::counters::{Absorbed, DropReason};
 use super::fdb::{Entry, EntryKind, FastMap, Fdb, Learn, PortIdx};
+use super::ipv6::{Ip6Domain, Ip6Verdict, McastTo};
 use super::trace::{Answer, EntrySource, Lookup, Off, Stage, Summary, Trace};
 use crate::packet::offload::Offload;
 use crate::packet::{
     arp, encap, ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet,
-    Ipv6Packet,
 };
 
 pub type DomainIdx = u32;
@@ -79,6 +79,14 @@ pub enum Verdict {
         peer: PeerIdx,
         wire: Wire,
     },
+    /// Consumed by the switch (MLD report, router solicitation...): counted, not a drop.
+    Absorb(Absorbed),
+    /// IPv6 multicast: to the local ports [`Switch::mcast_targets`] lists and, if `peers`, to
+    /// the domain's peers.
+    Multicast {
+        to: McastTo,
+        peers: bool,
+    },
 }
 
 /// A port as the pipeline sees it.
@@ -87,6 +95,10 @@ pub struct PortConf {
     pub domain: DomainIdx,
     pub mac: MacAddr,
     pub ips: Vec<Ipv4Addr>,
+    /// Assigned IPv6 addresses, beside the link-local derived from `mac` (dataplane/ipv6.rs).
+    pub ips6: Vec<Ipv6Addr>,
+    /// May send router advertisements, redirects, DHCPv6 server messages, MLD queries.
+    pub router: bool,
     /// MTU + Ethernet header: longer frames are dropped.
     pub max_frame: usize,
 }
@@ -137,6 +149,8 @@ struct Domain {
     /// IP → MAC of this domain's endpoints (local ports, and remote ones from the datastore), for
     /// ARP suppression and L3 delivery.
     endpoints: FastMap<Ipv4Addr, MacAddr>,
+    /// IPv6 endpoints, router ports, MLD snooping.
+    ip6: Ip6Domain,
     fdb: Fdb,
 }
 
@@ -175,6 +189,8 @@ pub struct Switch {
     max_learned: usize,
     /// Entries learned since the last `take_learned` (shared with the other workers).
     learned: Vec<LearnEvent>,
+    /// MLD reports steer IPv6 multicast (see `set_mld_snooping`).
+    mld_snooping: bool,
 }
 
 fn slot<T>(v: &mut Vec<Option<T>>, i: u32) -> &mut Option<T> {
@@ -195,6 +211,7 @@ impl Switch {
             aging_secs,
             max_learned,
             learned: Vec::with_capacity(MAX_LEARN_EVENTS),
+            mld_snooping: true,
         }
     }
 
@@ -208,12 +225,15 @@ impl Switch {
     }
 
     pub fn add_domain(&mut self, idx: DomainIdx, conf: DomainConf) {
+        let mut ip6 = Ip6Domain::default();
+        ip6.set_snooping(self.mld_snooping);
         *slot(&mut self.domains, idx) = Some(Domain {
             conf,
             ports: Vec::new(),
             peers: Vec::new(),
             routes: Vec::new(),
             endpoints: FastMap::default(),
+            ip6,
             fdb: Fdb::new(self.aging_secs, self.max_learned),
         });
     }
@@ -250,6 +270,7 @@ impl Switch {
         for ip in &conf.ips {
             d.endpoints.insert(*ip, conf.mac);
         }
+        d.ip6.add_port(idx, &conf);
         *slot(&mut self.ports, idx) = Some(conf);
         true
     }
@@ -266,6 +287,7 @@ impl Switch {
                     d.endpoints.remove(ip);
                 }
             }
+            d.ip6.remove_port(idx, &conf);
         }
     }
 
@@ -329,6 +351,7 @@ impl Switch {
                 return; // never let a remote record take a local port's MAC
             }
             d.fdb.add_static(mac, Dest::Peer(peer).loc());
+            d.ip6.add_remote(mac);
             if let Some(ip) = ip {
                 d.endpoints.insert(ip, mac);
             }
@@ -344,6 +367,7 @@ impl Switch {
         if let Some(Some(d)) = self.domains.get_mut(domain as usize) {
             if let Some(Dest::Peer(_)) = d.fdb.lookup(&mac, u64::MAX).map(Dest::from_loc) {
                 d.fdb.remove_mac(&mac);
+                d.ip6.remove_remote(mac);
                 if let Some(ip) = ip {
                     if d.endpoints.get(&ip) == Some(&mac) {
                         d.endpoints.remove(&ip);
@@ -360,6 +384,27 @@ impl Switch {
             .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
             .map_or(&[], |d| d.ports.as_slice());
         ports.iter().copied().filter(move |p| *p != in_port)
+    }
+
+    /// Local ports an IPv6 multicast frame from `in_port` goes to ([`Verdict::Multicast`]).
+    pub fn mcast_targets(
+        &self,
+        in_port: PortIdx,
+        to: McastTo,
+    ) -> impl Iterator<Item = PortIdx> + '_ {
+        self.port(in_port)
+            .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
+            .into_iter()
+            .flat_map(move |d| d.ip6.targets(in_port, to))
+    }
+
+    /// Whether MLD reports steer multicast delivery; off when this switch copy does not see
+    /// every port's reports (several workers).
+    pub fn set_mld_snooping(&mut self, on: bool) {
+        self.mld_snooping = on;
+        for d in self.domains.iter_mut().flatten() {
+            d.ip6.set_snooping(on);
+        }
     }
 
     /// Local ports of a domain (flood of a frame that came from a peer).
@@ -548,19 +593,24 @@ impl Switch {
                 }
             }
             EtherType::Ipv6 => {
-                let Ok(ip6) = Ipv6Packet::new_checked(eth.payload()) else {
-                    return Verdict::Drop(DropReason::MalformedIpv6);
-                };
-                let s = ip6.src();
-                // Pods here own no global IPv6 address; link-local (from their MAC) and the
-                // unspecified address (duplicate address detection) are theirs to use.
-                if !(s.is_unspecified() || s.is_unicast_link_local()) {
-                    t.stage(|| Stage::Guard(Some(DropReason::SpoofedSrcIp)));
-                    return Verdict::Drop(DropReason::SpoofedSrcIp);
-                }
-                t.stage(|| Stage::Guard(None));
-                if l3 {
-                    return Verdict::Drop(DropReason::L3NotRouted);
+                // First-hop security, ND answers, MLD snooping: dataplane/ipv6.rs.
+                let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
+                match domain.ip6.ingress(in_port, port, frame) {
+                    Ip6Verdict::Drop(r) => {
+                        t.stage(|| Stage::Guard(Some(r)));
+                        return Verdict::Drop(r);
+                    }
+                    _ if l3 => return Verdict::Drop(DropReason::L3NotRouted),
+                    Ip6Verdict::Continue => t.stage(|| Stage::Guard(None)),
+                    Ip6Verdict::Reply(n) => return Verdict::ReplyResized(n),
+                    Ip6Verdict::Absorb(a) => return Verdict::Absorb(a),
+                    Ip6Verdict::Multicast { to, peers } => {
+                        let peers = peers && spans;
+                        if !peers && domain.ip6.targets(in_port, to).next().is_none() {
+                            return Verdict::Absorb(Absorbed::McastNoListener);
+                        }
+                        return Verdict::Multicast { to, peers };
+                    }
                 }
             }
             EtherType::Vlan => return Verdict::Drop(DropReason::VlanTagged),
@@ -569,7 +619,13 @@ impl Switch {
         // L2 forwarding within the domain.
         if t.mutate() {
             let learned = domain.fdb.learn(src, Dest::Port(in_port).loc(), now);
-            note_learned(&mut self.learned, dom_idx, src, Dest::Port(in_port), learned);
+            note_learned(
+                &mut self.learned,
+                dom_idx,
+                src,
+                Dest::Port(in_port),
+                learned,
+            );
         }
         let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
         if dst.is_multicast() {
@@ -702,7 +758,12 @@ impl Switch {
         v
     }
 
-    fn routed_inner<T: Trace>(&mut self, domain: DomainIdx, frame: &mut [u8], t: &mut T) -> Verdict {
+    fn routed_inner<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        frame: &mut [u8],
+        t: &mut T,
+    ) -> Verdict {
         let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
@@ -839,12 +900,17 @@ pub fn summarize(frame: &[u8]) -> Summary {
             s.ttl = Some(ip.ttl());
             (ip.protocol(), ethernet::HEADER_LEN + ip.header_len())
         }),
-        EtherType::Ipv6 => Ipv6Packet::new_checked(eth.payload()).ok().map(|ip| {
-            s.ip_src = Some(ip.src().into());
-            s.ip_dst = Some(ip.dst().into());
-            s.ip_proto = Some(ip.next_header());
-            (ip.next_header(), ethernet::HEADER_LEN + crate::packet::ipv6::HEADER_LEN)
-        }),
+        EtherType::Ipv6 => crate::packet::Ipv6Packet::new_checked(eth.payload())
+            .ok()
+            .map(|ip| {
+                s.ip_src = Some(ip.src().into());
+                s.ip_dst = Some(ip.dst().into());
+                s.ip_proto = Some(ip.next_header());
+                (
+                    ip.next_header(),
+                    ethernet::HEADER_LEN + crate::packet::ipv6::HEADER_LEN,
+                )
+            }),
         _ => None,
     };
     if let Some((proto, at)) = l4 {
@@ -1041,6 +1107,8 @@ mod tests {
                     domain: d,
                     mac: m(d, 1),
                     ips: vec![ip(205)],
+                    ips6: vec![],
+                    router: false,
                     max_frame: 1514,
                 },
             );
@@ -1050,6 +1118,8 @@ mod tests {
                     domain: d,
                     mac: m(d, 2),
                     ips: vec![ip(11)],
+                    ips6: vec![],
+                    router: false,
                     max_frame: 1514,
                 },
             );
@@ -1265,6 +1335,8 @@ mod tests {
                 domain: 0,
                 mac: mac(1),
                 ips: vec![Ipv4Addr::new(10, 244, 1, 5)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -1274,6 +1346,8 @@ mod tests {
                 domain: 0,
                 mac: mac(2),
                 ips: vec![Ipv4Addr::new(10, 244, 1, 6)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -1462,6 +1536,8 @@ mod tests {
                 domain: 5,
                 mac: mac(1),
                 ips: vec![ip(205)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );

@@ -35,7 +35,10 @@ pub enum PortDev {
     Tap(Arc<Tap>),
     Packet(Arc<PacketSocket>),
     /// Test double: records what is sent to it.
-    Fake { wire: Arc<FakeWire>, caps: Caps },
+    Fake {
+        wire: Arc<FakeWire>,
+        caps: Caps,
+    },
 }
 
 impl PortDev {

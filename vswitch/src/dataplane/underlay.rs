@@ -176,9 +176,9 @@ impl UnderlayTx {
                         Piece::Hdr { slot, len } => {
                             IoSlice::new(&self.hdrs[usize::from(slot)][..usize::from(len)])
                         }
-                        Piece::Buf { buf, off, len } => IoSlice::new(
-                            &pool.buf(buf)[off as usize..off as usize + len as usize],
-                        ),
+                        Piece::Buf { buf, off, len } => {
+                            IoSlice::new(&pool.buf(buf)[off as usize..off as usize + len as usize])
+                        }
                     };
                 }
                 msgs[k] = Msg {

@@ -145,6 +145,9 @@ pub enum Command {
     Announce {
         idx: PortIdx,
     },
+    /// Whether MLD reports steer IPv6 multicast: off with several workers, each of which sees
+    /// only its own ports' reports (until learned state is shared between workers).
+    SetMldSnooping(bool),
     Shutdown,
 }
 
@@ -218,11 +221,7 @@ pub fn learn_rings(n: usize) -> Vec<LearnRings> {
 
 /// Starts worker `id`. Picks the backend first (io_uring probed, else epoll), so the handle
 /// says which one runs.
-pub fn spawn(
-    id: usize,
-    cfg: WorkerConfig,
-    rings: LearnRings,
-) -> io::Result<WorkerHandle> {
+pub fn spawn(id: usize, cfg: WorkerConfig, rings: LearnRings) -> io::Result<WorkerHandle> {
     let wake = Arc::new(EventFd::new()?);
     let (tx, rx) = mpsc::channel();
     let drops = Arc::new(DropCounters::default());
@@ -490,7 +489,11 @@ impl Worker {
         }
         if let PortDev::Tap(t) = &p.dev {
             if err != 0 && err != libc::ENOBUFS {
-                tracing::debug!(worker = self.id, port = token, "tap read ended: errno {err}");
+                tracing::debug!(
+                    worker = self.id,
+                    port = token,
+                    "tap read ended: errno {err}"
+                );
             }
             if let Err(e) = ring.read_multishot(t.raw_fd(), token) {
                 tracing::error!(worker = self.id, port = token, "re-arm tap read: {e}");
@@ -838,10 +841,7 @@ impl Worker {
             }
             Command::RemovePort { idx } => {
                 e.switch.remove_port(idx);
-                let fd = e
-                    .port(idx)
-                    .filter(|p| p.polled)
-                    .and_then(|p| p.dev.rx_fd());
+                let fd = e.port(idx).filter(|p| p.polled).and_then(|p| p.dev.rx_fd());
                 if let Some(fd) = fd {
                     self.unregister(fd);
                 }
@@ -850,6 +850,7 @@ impl Worker {
             Command::DumpFdb { domain, reply } => {
                 let _ = reply.send(e.switch.fdb_rows(domain, e.now));
             }
+            Command::SetMldSnooping(on) => e.switch.set_mld_snooping(on),
             Command::Shutdown => {}
         }
     }
@@ -1060,4 +1061,3 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker").field("id", &self.id).finish()
     }
 }
-

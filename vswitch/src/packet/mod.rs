@@ -9,6 +9,7 @@ pub mod ethernet;
 pub mod gro;
 pub mod gso;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod offload;
@@ -16,6 +17,7 @@ pub mod offload;
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetFrame};
 pub use icmp::IcmpPacket;
+pub use icmpv6::Icmpv6Packet;
 pub use ipv4::Ipv4Packet;
 pub use ipv6::Ipv6Packet;
 

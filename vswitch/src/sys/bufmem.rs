@@ -169,8 +169,14 @@ impl BufMem {
     pub fn copy_between(&mut self, from: u32, src: std::ops::Range<usize>, to: u32, at: usize) {
         assert_ne!(from, to, "copy_between needs two buffers");
         assert!(src.start <= src.end && src.end <= self.size && at + src.len() <= self.size);
-        assert!(self.state[from as usize] != KState::Lent, "source lent to the kernel");
-        assert!(self.state[to as usize] == KState::Ours, "destination used by the kernel");
+        assert!(
+            self.state[from as usize] != KState::Lent,
+            "source lent to the kernel"
+        );
+        assert!(
+            self.state[to as usize] == KState::Ours,
+            "destination used by the kernel"
+        );
         let base = self.region.base();
         // SAFETY: both ranges are in bounds of their own buffers (asserted), the buffers are
         // distinct so the ranges do not overlap, the kernel does not write the source nor use

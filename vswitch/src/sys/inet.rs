@@ -112,10 +112,18 @@ impl InetSocket {
 
     fn buffers(&self, rcv: bool, snd: bool) -> io::Result<()> {
         let size = 8 << 20;
-        if rcv && self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+        if rcv
+            && self
+                .set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size)
+                .is_err()
+        {
             self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, size)?;
         }
-        if snd && self.set_int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
+        if snd
+            && self
+                .set_int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)
+                .is_err()
+        {
             self.set_int(libc::SOL_SOCKET, libc::SO_SNDBUF, size)?;
         }
         Ok(())
@@ -257,7 +265,11 @@ impl InetSocket {
 
     /// Receives up to [`BATCH`] datagrams, datagram `i` into `bufs[i]`; fills `out[i]` and
     /// returns how many arrived (0 when none are waiting).
-    pub fn recv_batch(&self, bufs: &mut [IoSliceMut<'_>], out: &mut [Received]) -> io::Result<usize> {
+    pub fn recv_batch(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        out: &mut [Received],
+    ) -> io::Result<usize> {
         let n = bufs.len().min(BATCH).min(out.len());
         if n == 0 {
             return Ok(0);

@@ -57,9 +57,19 @@ impl PacketSocket {
         })?;
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1 as &libc::c_int)?;
+        setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            &1 as &libc::c_int,
+        )?;
         // The VLAN tag a veth strips into metadata is only visible in the auxiliary data.
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, &1 as &libc::c_int)?;
+        setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_AUXDATA,
+            &1 as &libc::c_int,
+        )?;
         // Our own transmissions must not come back; skip the qdisc on tx.
         setsockopt(
             raw,
@@ -231,11 +241,11 @@ pub fn direct_routed_filter(local: std::net::Ipv4Addr) -> Vec<libc::sock_filter>
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     vec![
-        ins(LD_H_ABS, 0, 0, 12),                       // ethertype
-        ins(JEQ_K, 0, 3, libc::ETH_P_IP as u32),       // not IPv4 -> drop
-        ins(LD_W_ABS, 0, 0, 30),                       // IPv4 destination
-        ins(JEQ_K, 1, 0, u32::from(local)),            // ours -> drop
-        ins(RET_K, 0, 0, 0x0004_0000),                 // accept whole frame
-        ins(RET_K, 0, 0, 0),                           // drop
+        ins(LD_H_ABS, 0, 0, 12),                 // ethertype
+        ins(JEQ_K, 0, 3, libc::ETH_P_IP as u32), // not IPv4 -> drop
+        ins(LD_W_ABS, 0, 0, 30),                 // IPv4 destination
+        ins(JEQ_K, 1, 0, u32::from(local)),      // ours -> drop
+        ins(RET_K, 0, 0, 0x0004_0000),           // accept whole frame
+        ins(RET_K, 0, 0, 0),                     // drop
     ]
 }

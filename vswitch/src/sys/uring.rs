@@ -11,8 +11,8 @@
 //! than freed under it.
 
 use std::io;
-use std::os::fd::RawFd;
 use std::mem::ManuallyDrop;
+use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
@@ -318,7 +318,11 @@ impl Uring {
         slot.token = token;
         let iov = slot.iov.as_ptr();
         let n = if hdr.is_empty() { 1 } else { 2 };
-        let iov = if hdr.is_empty() { iov.wrapping_add(1) } else { iov };
+        let iov = if hdr.is_empty() {
+            iov.wrapping_add(1)
+        } else {
+            iov
+        };
         let e = opcode::Writev::new(types::Fd(fd), iov, n)
             .build()
             .user_data(K_WRITE << KIND_SHIFT | u64::from(s));
@@ -348,7 +352,12 @@ impl Uring {
         };
         match r {
             Ok(()) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
