@@ -104,6 +104,8 @@ struct Peer {
     spec: PeerSpec,
     idx: PeerIdx,
     source: PeerSource,
+    /// Its underlay MAC, for peers on our segment (direct routing through AF_PACKET).
+    mac: Option<MacAddr>,
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -939,6 +941,7 @@ impl Daemon {
             local_ip,
             self.node.vxlan_port,
             self.node.underlay_interface.as_deref(),
+            self.workers.len(),
         )?);
         if !up.udp_gso {
             tracing::warn!(
@@ -998,10 +1001,46 @@ impl Daemon {
         };
         self.broadcast(|| Command::SetPeer { idx, conf })?;
         tracing::info!(peer = %spec.name, ip = %spec.underlay_ip, ?source, same_subnet, "peer up");
-        self.peers
-            .insert(spec.name.clone(), Peer { spec, idx, source });
+        let mac = self.peers.get(&spec.name).and_then(|p| p.mac);
+        self.peers.insert(
+            spec.name.clone(),
+            Peer {
+                spec,
+                idx,
+                source,
+                mac,
+            },
+        );
         self.sync_all_domain_peers();
         Ok(())
+    }
+
+    /// Resolves the underlay MACs of peers on this node's segment and hands changes to the
+    /// workers (direct routing sends whole frames to them). Called periodically.
+    pub fn refresh_peer_macs(&mut self) {
+        let (Some(local), Some(subnet)) = (self.node.underlay_ip, self.node.underlay_subnet) else {
+            return;
+        };
+        if self.node.underlay_interface.is_none() {
+            return;
+        }
+        let mut changed = Vec::new();
+        for p in self.peers.values_mut() {
+            if !subnet.contains(&p.spec.underlay_ip) {
+                continue;
+            }
+            let mac = device::neighbour_mac(p.spec.underlay_ip);
+            if mac.is_none() {
+                device::probe_neighbour(local, p.spec.underlay_ip);
+            }
+            if mac != p.mac {
+                p.mac = mac;
+                changed.push((p.idx, mac));
+            }
+        }
+        for (idx, mac) in changed {
+            let _ = self.broadcast(|| Command::SetPeerMac { idx, mac });
+        }
     }
 
     /// Removes a peer (its lease expired, or it left the config).
@@ -1327,7 +1366,11 @@ impl Daemon {
             .map(|p| p.kernel_drops.load(Ordering::Relaxed))
             .sum();
         let underlay = self.uplink.as_ref().map_or(0, |u| {
-            u.vxlan_rx.drops().unwrap_or(0) + u.ipip_rx.drops().unwrap_or(0)
+            u.vxlan_rx
+                .iter()
+                .map(|s| s.drops().unwrap_or(0))
+                .sum::<u64>()
+                + u.ipip_rx.drops().unwrap_or(0)
         });
         vec![
             ("kernel_tap_queue_full", tap),

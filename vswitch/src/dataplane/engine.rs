@@ -61,6 +61,8 @@ pub struct Engine {
     flood: Vec<PortIdx>,
     peer_scratch: Vec<PeerIdx>,
     pending: Option<Pending>,
+    /// Underlay MACs of peers on our L2 segment (direct routing through AF_PACKET).
+    peer_macs: Vec<Option<vswitch_config::MacAddr>>,
     /// Segment headers written for an egress without offloads.
     seg_hdr: [u8; gso::MAX_HDR],
 }
@@ -80,6 +82,7 @@ impl Engine {
             flood: Vec::with_capacity(256),
             peer_scratch: Vec::with_capacity(64),
             pending: None,
+            peer_macs: Vec::new(),
             seg_hdr: [0; gso::MAX_HDR],
         }
     }
@@ -100,6 +103,15 @@ impl Engine {
         }
         self.dirty.retain(|d| *d != idx);
         Some(p)
+    }
+
+    /// The underlay MAC of `peer` (resolved by the control plane), or none.
+    pub fn set_peer_mac(&mut self, peer: PeerIdx, mac: Option<vswitch_config::MacAddr>) {
+        let i = peer as usize;
+        if self.peer_macs.len() <= i {
+            self.peer_macs.resize(i + 1, None);
+        }
+        self.peer_macs[i] = mac;
     }
 
     pub fn port(&self, idx: PortIdx) -> Option<&Port> {
@@ -630,6 +642,17 @@ impl Engine {
             self.drops.inc(DropReason::NoRoute);
             return;
         }
+        if wire == Wire::Direct {
+            let mac = self.peer_macs.get(peer as usize).copied().flatten();
+            let local = self.uplink.as_ref().and_then(|u| {
+                u.up.direct_rx.as_ref()?;
+                u.up.local_mac
+            });
+            if let (Some(mac), Some(local)) = (mac, local) {
+                self.direct_frame(io, d, off, mac, local, mtu);
+                return;
+            }
+        }
         let mut off = off;
         // Inner checksums leave complete: the underlay has no idea of them.
         if let (false, Csum::Partial { start, offset }) = (off.is_gso(), off.csum) {
@@ -660,6 +683,49 @@ impl Engine {
             self.tunnel_segments(io, pc.underlay_ip, wire, d, off, mtu);
         } else {
             self.tunnel_one(io, pc.underlay_ip, wire, d);
+        }
+    }
+
+    /// A directly routed frame to a peer on our segment: the whole frame (superframe included)
+    /// through the underlay's AF_PACKET socket with its virtio-net header, addressed to the
+    /// peer's MAC; the kernel segments only if the NIC cannot carry it.
+    fn direct_frame(
+        &mut self,
+        io: &mut dyn TxIo,
+        d: Desc,
+        mut off: Offload,
+        peer_mac: vswitch_config::MacAddr,
+        local_mac: vswitch_config::MacAddr,
+        mtu: u16,
+    ) {
+        let d = if self.pool.exclusive(d.buf) {
+            self.pool.retain(d.buf);
+            d
+        } else {
+            match self.pool.copy(d) {
+                Some(c) => c,
+                None => {
+                    self.drops.inc(DropReason::BufferPoolEmpty);
+                    return;
+                }
+            }
+        };
+        let f = self.pool.frame_mut(d);
+        f[0..6].copy_from_slice(&peer_mac.0);
+        f[6..12].copy_from_slice(&local_mac.0);
+        if off.is_gso() {
+            if let Some(l) = Layout::of(f) {
+                let fits = overlay::segment_payload(off.gso_size, l.payload, 0, mtu);
+                off.gso_size = fits as u16;
+            }
+        }
+        let Some(up) = self.uplink.as_mut() else {
+            self.pool.release(d.buf);
+            return;
+        };
+        up.frames.push(TxItem { desc: d, off });
+        if up.frames.len() >= crate::sys::packet::BATCH {
+            self.flush_underlay(io);
         }
     }
 

@@ -31,12 +31,18 @@ pub struct Uplink {
     pub vxlan_tx: Vec<InetSocket>,
     /// The kernel takes `UDP_SEGMENT` on the VXLAN senders.
     pub udp_gso: bool,
-    pub vxlan_rx: InetSocket,
+    /// VXLAN receivers, one per worker (`SO_REUSEPORT`: the kernel spreads outer flows, and
+    /// with them inner flows, over the workers; one flow always lands on one worker).
+    pub vxlan_rx: Vec<InetSocket>,
     /// IPIP and direct routing out (our own IPv4 headers).
     pub raw_tx: InetSocket,
     pub ipip_rx: InetSocket,
-    /// Directly routed pod packets in (AF_PACKET on the underlay interface, filtered).
+    /// Directly routed pod packets in (AF_PACKET on the underlay interface, filtered), and
+    /// out to peers whose MAC is known: superframes leave whole with their virtio-net header,
+    /// and the kernel segments them only if the NIC cannot.
     pub direct_rx: Option<PacketSocket>,
+    /// MAC of the underlay interface (source of directly routed frames).
+    pub local_mac: Option<vswitch_config::MacAddr>,
 }
 
 /// Which socket a message leaves through.
@@ -70,6 +76,8 @@ pub struct UnderlayTx {
     hdr_used: usize,
     /// Buffer references the queued messages hold.
     held: Vec<BufIdx>,
+    /// Whole Ethernet frames for the underlay's AF_PACKET socket (direct routing).
+    pub frames: Vec<super::pool::TxItem>,
 }
 
 impl std::fmt::Debug for UnderlayTx {
@@ -89,11 +97,12 @@ impl UnderlayTx {
             hdrs: vec![[0u8; HDR_SLOT]; HDR_SLOTS].into_boxed_slice(),
             hdr_used: 0,
             held: Vec::with_capacity(MAX_MSGS),
+            frames: Vec::with_capacity(crate::sys::packet::BATCH),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
+        self.msgs.is_empty() && self.frames.is_empty()
     }
 
     /// Whether a message of up to `pieces` pieces and `hdrs` header slots still fits.
@@ -149,8 +158,54 @@ impl UnderlayTx {
         self.held.push(buf);
     }
 
+    /// Sends the queued whole frames on the underlay's AF_PACKET socket.
+    fn send_frames(&mut self, pool: &mut BufferPool, drops: &DropCounters) {
+        use crate::packet::offload::VNET_HDR_LEN;
+        const B: usize = crate::sys::packet::BATCH;
+        let n = self.frames.len();
+        if let Some(sock) = self.up.direct_rx.as_ref() {
+            let mut start = 0;
+            while start < n {
+                let end = (start + B).min(n);
+                let mut hdrs = [[0u8; VNET_HDR_LEN]; B];
+                for (h, it) in hdrs.iter_mut().zip(&self.frames[start..end]) {
+                    *h = it.off.emit(0);
+                }
+                let mut f: [(&[u8; VNET_HDR_LEN], &[u8]); B] = [(&[0u8; VNET_HDR_LEN], &[]); B];
+                for (i, it) in self.frames[start..end].iter().enumerate() {
+                    f[i] = (&hdrs[i], pool.frame(it.desc));
+                }
+                let want = end - start;
+                let mut sent = 0;
+                while sent < want {
+                    match sock.send_batch(&f[sent..want]) {
+                        Ok(0) => break,
+                        Ok(k) => sent += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::debug!("underlay frame send: {e}");
+                            drops.inc(DropReason::TxFailed);
+                            sent += 1;
+                        }
+                    }
+                }
+                start = end;
+            }
+        } else {
+            for _ in 0..n {
+                drops.inc(DropReason::NoRoute);
+            }
+        }
+        for it in self.frames.drain(..) {
+            pool.release(it.desc.buf);
+        }
+    }
+
     /// Sends everything with `sendmmsg`, grouped by socket; releases the held buffers.
     pub fn send_all(&mut self, pool: &mut BufferPool, drops: &DropCounters) {
+        if !self.frames.is_empty() {
+            self.send_frames(pool, drops);
+        }
         let mut i = 0;
         while i < self.msgs.len() {
             let sock = self.msgs[i].sock;

@@ -145,6 +145,11 @@ pub enum Command {
     Announce {
         idx: PortIdx,
     },
+    /// The underlay MAC of a peer on this node's segment (for direct routing), once resolved.
+    SetPeerMac {
+        idx: PeerIdx,
+        mac: Option<vswitch_config::MacAddr>,
+    },
     /// Whether MLD reports steer IPv6 multicast: off with several workers, each of which sees
     /// only its own ports' reports (until learned state is shared between workers).
     SetMldSnooping(bool),
@@ -510,7 +515,7 @@ impl Worker {
             VXLAN_TOKEN | IPIP_TOKEN | DIRECT_TOKEN => {
                 let up = self.engine.uplink.as_ref().map(|u| u.up.clone());
                 up.and_then(|u| match token {
-                    VXLAN_TOKEN => Some(u.vxlan_rx.raw_fd()),
+                    VXLAN_TOKEN => u.vxlan_rx.get(self.id).map(|s| s.raw_fd()),
                     IPIP_TOKEN => Some(u.ipip_rx.raw_fd()),
                     _ => u.direct_rx.as_ref().map(|d| d.raw_fd()),
                 })
@@ -619,7 +624,10 @@ impl Worker {
                 .engine
                 .pool
                 .mem_mut()
-                .with_slices_mut(&bufs[..k], at, |s| up.vxlan_rx.recv_batch(s, &mut out))
+                .with_slices_mut(&bufs[..k], at, |s| match up.vxlan_rx.get(self.id) {
+                    Some(sock) => sock.recv_batch(s, &mut out),
+                    None => Ok(0),
+                })
                 .unwrap_or(0);
             for (i, b) in bufs[..k].iter().enumerate() {
                 if i < got {
@@ -790,9 +798,11 @@ impl Worker {
             } => {
                 e.switch.set_underlay(Some(underlay));
                 e.uplink = Some(UnderlayTx::new(uplink.clone()));
+                if let Some(s) = uplink.vxlan_rx.get(self.id) {
+                    self.register(s.raw_fd(), VXLAN_TOKEN, false);
+                }
                 if poll {
                     self.uplink_polled = true;
-                    self.register(uplink.vxlan_rx.raw_fd(), VXLAN_TOKEN, false);
                     self.register(uplink.ipip_rx.raw_fd(), IPIP_TOKEN, false);
                     if let Some(d) = &uplink.direct_rx {
                         self.register(d.raw_fd(), DIRECT_TOKEN, false);
@@ -804,6 +814,7 @@ impl Worker {
                 e.switch.set_peer(idx, conf);
             }
             Command::RemovePeer { idx } => {
+                e.set_peer_mac(idx, None);
                 e.overlay.remove_peer(idx);
                 e.switch.remove_peer(idx);
             }
@@ -851,6 +862,7 @@ impl Worker {
                 let _ = reply.send(e.switch.fdb_rows(domain, e.now));
             }
             Command::SetMldSnooping(on) => e.switch.set_mld_snooping(on),
+            Command::SetPeerMac { idx, mac } => e.set_peer_mac(idx, mac),
             Command::Shutdown => {}
         }
     }

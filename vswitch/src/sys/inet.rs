@@ -157,10 +157,12 @@ impl InetSocket {
         Ok(s)
     }
 
-    /// A UDP socket bound to `0.0.0.0:port` receiving VXLAN, with `UDP_GRO`.
+    /// A UDP socket bound to `0.0.0.0:port` receiving VXLAN, with `UDP_GRO`; several may share
+    /// the port (`SO_REUSEPORT`, one per worker).
     pub fn udp_receiver(port: u16) -> io::Result<InetSocket> {
         let s = Self::new(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
         s.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        s.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         s.buffers(true, false)?;
         // Older kernels lack UDP_GRO: datagrams then simply arrive one by one.
         let _ = s.set_int(libc::SOL_UDP, libc::UDP_GRO, 1);
