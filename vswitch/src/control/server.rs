@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::api::{ApiError, ErrorKind, Reply, Request};
 use super::daemon::Daemon;
+use vswitch_api::{ApiError, ErrorKind, Reply, Request};
 
 /// Largest request line accepted (a port add is well under 4 KiB).
 const MAX_REQUEST: u64 = 1 << 20;
@@ -81,10 +81,7 @@ fn handle_conn(stream: UnixStream, state: &Mutex<Daemon>) {
                     Ok(d) => d,
                     Err(p) => p.into_inner(),
                 };
-                match d.handle(req) {
-                    Ok(v) => Reply::Ok(v),
-                    Err(e) => Reply::Error(e),
-                }
+                d.handle(req)
             }
             Err(e) => Reply::Error(ApiError::new(
                 ErrorKind::BadRequest,

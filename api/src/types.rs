@@ -1,76 +1,80 @@
-//! The control-socket protocol: one JSON request per line, one JSON reply per line.
-//!
-//! Used by `vswitchctl` and the CNI plugin. A reply is either `{"ok": <data>}` or
-//! `{"error": {"kind": "...", "message": "..."}}`.
+//! Requests and replies of the control protocol.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vswitch_config::{AttachKind, Ipv4Net, MacAddr, NetworkConfig, RouteSpec};
 
-/// A request to the daemon.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Liveness check; replies with the daemon version.
-    Ping,
-    NetworkList,
-    NetworkAdd {
-        network: NetworkConfig,
-    },
-    NetworkDel {
-        name: String,
-    },
-    PortAdd(PortAddRequest),
-    PortDel {
-        id: String,
-    },
-    PortList,
-    FdbShow {
-        network: String,
-    },
-    Stats,
-    /// CNI ADD: ensure the network, assign addresses, create the pod interface.
-    CniAdd(CniAddRequest),
-    /// CNI DEL: remove the interface if present and release the addresses (idempotent).
-    CniDel(CniAttachment),
-    /// CNI CHECK: the attachment's record and what its interface looks like in the pod now.
-    CniCheck(CniAttachment),
-    /// Peer nodes and where they came from.
-    Peers,
-    /// Built-in IPAM allocations of a domain.
-    IpamShow {
-        domain: String,
-    },
-    /// CNI GC: remove every attachment of the domain not in `valid`.
-    CniGc {
-        domain: String,
-        valid: Vec<CniAttachmentId>,
-    },
-}
+// ---- requests ----
 
-/// Which container interface an attachment is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct CniAttachmentId {
-    pub container_id: String,
-    pub ifname: String,
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ping {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetworkList {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkAdd {
+    pub network: NetworkConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CniAttachment {
-    pub container_id: String,
+pub struct NetworkDel {
+    pub name: String,
+}
+
+/// Attach a pod interface to a network.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PortAdd {
+    /// Port id; default `<netns>:<ifname>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Pod network namespace: a name under /run/netns or a path (e.g. /proc/PID/ns/net).
+    pub netns: String,
+    pub network: String,
+    /// Interface name inside the pod (eth1, net1, ...).
     pub ifname: String,
-    /// Isolation domain (= vswitch network name).
-    pub domain: String,
-    /// Release addresses from the built-in IPAM (DEL).
+    /// Default: a random locally administered MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Pod IPs, each inside the network's subnet.
     #[serde(default)]
-    pub builtin_ipam: bool,
+    pub ips: Vec<Ipv4Addr>,
+    /// Routes to install in the pod (next hop defaults to the network gateway).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Port kind for this pod; default: the network's `attach`. Kinds may be mixed in a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<AttachKind>,
+    /// The pod is a router: it may send IPv6 router advertisements, redirects, DHCPv6 server
+    /// messages and MLD queries (dropped from other ports).
+    #[serde(default)]
+    pub router: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortDel {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PortList {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FdbShow {
+    pub network: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerList {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamShow {
+    pub domain: String,
 }
 
 /// How the addresses of a CNI attachment are decided.
@@ -100,7 +104,7 @@ pub struct CniAddr {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CniAddRequest {
+pub struct CniAdd {
     pub container_id: String,
     pub ifname: String,
     pub netns: String,
@@ -113,6 +117,56 @@ pub struct CniAddRequest {
     #[serde(default)]
     pub mac: Option<MacAddr>,
     pub ipam: CniIpam,
+}
+
+/// Which container interface an attachment is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CniAttachmentId {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// One attachment, as DEL and CHECK name it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub ifname: String,
+    /// Isolation domain (= vswitch network name).
+    pub domain: String,
+    /// Release addresses from the built-in IPAM (DEL).
+    #[serde(default)]
+    pub builtin_ipam: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CniDel(pub CniAttachment);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CniCheck(pub CniAttachment);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniGc {
+    pub domain: String,
+    pub valid: Vec<CniAttachmentId>,
+}
+
+// ---- replies ----
+
+/// An empty success (`{}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReply {
+    pub version: String,
+    /// Dataplane worker threads.
+    #[serde(default)]
+    pub workers: usize,
+    /// The I/O backend the workers run: `io_uring` or `epoll`.
+    #[serde(default)]
+    pub io: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,76 +207,6 @@ pub struct IpamAllocation {
 pub struct CniGcReply {
     pub removed_ports: Vec<String>,
     pub released: Vec<CniAttachmentId>,
-}
-
-/// Attach a pod interface to a network.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PortAddRequest {
-    /// Port id; default `<netns>:<ifname>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Pod network namespace: a name under /run/netns or a path (e.g. /proc/PID/ns/net).
-    pub netns: String,
-    pub network: String,
-    /// Interface name inside the pod (eth1, net1, ...).
-    pub ifname: String,
-    /// Default: a random locally administered MAC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<MacAddr>,
-    /// Pod IPs, each inside the network's subnet.
-    #[serde(default)]
-    pub ips: Vec<Ipv4Addr>,
-    /// Routes to install in the pod (next hop defaults to the network gateway).
-    #[serde(default)]
-    pub routes: Vec<RouteSpec>,
-    /// Port kind for this pod; default: the network's `attach`. Kinds may be mixed in a network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attach: Option<AttachKind>,
-    /// The pod is a router: it may send IPv6 router advertisements, redirects, DHCPv6 server
-    /// messages and MLD queries (dropped from other ports).
-    #[serde(default)]
-    pub router: bool,
-}
-
-/// What kind of failure a request met; stable strings for scripts and the CNI plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    BadRequest,
-    InvalidConfig,
-    UnknownNetwork,
-    NetworkExists,
-    NetworkInUse,
-    UnknownPort,
-    PortExists,
-    AddressConflict,
-    /// No free address left in the IPAM ranges.
-    AddressExhausted,
-    NetnsNotFound,
-    System,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reply {
-    Ok(serde_json::Value),
-    Error(ApiError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,49 +310,4 @@ pub struct StatsReply {
     /// multicast nobody else listens to): not drops.
     #[serde(default)]
     pub absorbed: BTreeMap<String, u64>,
-}
-
-/// Client error: transport or daemon-side.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot connect to vswitchd at {path}: {source} (is vswitchd running? set --socket)")]
-    Connect {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("control socket I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("bad reply from vswitchd: {0}")]
-    Decode(#[from] serde_json::Error),
-    #[error("{0}")]
-    Api(#[from] ApiError),
-}
-
-/// Sends one request and waits for its reply.
-pub fn call<T: DeserializeOwned>(
-    socket: &Path,
-    req: &Request,
-    timeout: Duration,
-) -> Result<T, ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    (&stream).write_all(&line)?;
-    let mut reply = String::new();
-    if BufReader::new(&stream).read_line(&mut reply)? == 0 {
-        return Err(ClientError::Io(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "vswitchd closed the connection without a reply",
-        )));
-    }
-    match serde_json::from_str::<Reply>(&reply)? {
-        Reply::Ok(v) => Ok(serde_json::from_value(v)?),
-        Reply::Error(e) => Err(ClientError::Api(e)),
-    }
 }
