@@ -79,9 +79,8 @@ pub fn open_uplink(
     let udp_gso = vxlan_tx.first().is_some_and(InetSocket::supports_gso);
     // The receivers share the port with SO_REUSEPORT; make sure nobody else (another vswitchd,
     // a kernel vxlan device) holds it, since a second group member would take half the flows.
-    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, vxlan_port)).with_context(|| {
-        format!("VXLAN UDP port {vxlan_port} is already in use on this node")
-    })?;
+    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, vxlan_port))
+        .with_context(|| format!("VXLAN UDP port {vxlan_port} is already in use on this node"))?;
     Ok(Uplink {
         local_ip,
         vxlan_port,

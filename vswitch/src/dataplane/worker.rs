@@ -278,7 +278,7 @@ pub fn spawn(id: usize, cfg: WorkerConfig, rings: LearnRings) -> io::Result<Work
 }
 
 enum Backend {
-    Uring(Uring),
+    Uring(Box<Uring>),
     Epoll(Epoll),
 }
 
@@ -329,7 +329,7 @@ impl Worker {
                 )?;
                 ring.poll_multishot(wake.raw(), CONTROL_TOKEN)?;
                 top_up(&mut ring, &mut engine.pool);
-                Backend::Uring(ring)
+                Backend::Uring(Box::new(ring))
             }
             _ => {
                 let ep = Epoll::new()?;

@@ -55,7 +55,7 @@ impl Sum {
 
     /// Adds the bytes of the next piece.
     #[inline]
-    pub fn add(mut self, data: &[u8]) -> Sum {
+    pub fn bytes(mut self, data: &[u8]) -> Sum {
         let mut v = u16::from_be(fold_ne(raw_sum(data)));
         if self.odd {
             v = v.swap_bytes();
@@ -92,7 +92,7 @@ impl Sum {
 
 /// Checksum of `data` (the value to store in the header).
 pub fn checksum(data: &[u8]) -> u16 {
-    Sum::ZERO.add(data).finish()
+    Sum::ZERO.bytes(data).finish()
 }
 
 /// Sum of the IPv4 pseudo-header for an L4 segment of `len` bytes.
@@ -110,7 +110,7 @@ pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Sum {
 
 /// Sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
 pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, len: usize) -> Sum {
-    let mut s = Sum::ZERO.add(&src.octets()).add(&dst.octets());
+    let mut s = Sum::ZERO.bytes(&src.octets()).bytes(&dst.octets());
     s = s.add_u16((len >> 16) as u16).add_u16((len & 0xffff) as u16);
     s.add_u16(u16::from(next))
 }
@@ -171,7 +171,7 @@ mod tests {
             let mut s = Sum::ZERO;
             let mut at = 0;
             for c in cuts.into_iter().chain([data.len()]) {
-                s = s.add(&data[at..c]);
+                s = s.bytes(&data[at..c]);
                 at = c;
             }
             prop_assert_eq!(s.finish(), reference(&data));

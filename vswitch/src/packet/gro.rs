@@ -172,7 +172,7 @@ impl Run {
             let total = lay.l4 - lay.l3 + l4_len;
             set_be16(frame, lay.l3 + 2..lay.l3 + 4, total as u16);
             set_be16(frame, lay.l3 + 10..lay.l3 + 12, 0);
-            let c = Sum::ZERO.add(&frame[lay.l3..lay.l4]).finish();
+            let c = Sum::ZERO.bytes(&frame[lay.l3..lay.l4]).finish();
             set_be16(frame, lay.l3 + 10..lay.l3 + 12, c);
         }
         if self.psh {

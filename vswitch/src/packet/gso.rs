@@ -141,7 +141,7 @@ pub fn verify(frame: &[u8], lay: &Layout) -> Verified {
     if !lay.v6 && !lay.is_tcp() && be16(seg, 6..8) == 0 {
         return Verified::Good; // UDP over IPv4 without checksum
     }
-    if pseudo.add(seg).fold() == 0xffff {
+    if pseudo.bytes(seg).fold() == 0xffff {
         return Verified::Good;
     }
     let field = lay.csum_field() - lay.l4;
@@ -168,7 +168,7 @@ pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
     if field + 2 > frame.len() || start > frame.len() {
         return false;
     }
-    let mut c = Sum::ZERO.add(&frame[start..]).finish();
+    let mut c = Sum::ZERO.bytes(&frame[start..]).finish();
     // UDP (checksum at offset 6) transmits a computed zero as all ones (RFC 768).
     if offset == 6 && c == 0 {
         c = 0xffff;
@@ -187,7 +187,10 @@ pub fn fill_l4_checksum(frame: &mut [u8], lay: &Layout) {
     }
     set_be16(frame, field..field + 2, 0);
     let end = (lay.l4 + l4_len).min(frame.len());
-    let mut c = lay.pseudo(frame, l4_len).add(&frame[lay.l4..end]).finish();
+    let mut c = lay
+        .pseudo(frame, l4_len)
+        .bytes(&frame[lay.l4..end])
+        .finish();
     if !lay.is_tcp() && c == 0 {
         c = 0xffff;
     }
@@ -305,7 +308,7 @@ impl Plan {
             set_be16(h, lay.l3 + 2..lay.l3 + 4, (ihl + l4_len) as u16);
             set_be16(h, lay.l3 + 4..lay.l3 + 6, self.ip_id.wrapping_add(k as u16));
             set_be16(h, lay.l3 + 10..lay.l3 + 12, 0);
-            let c = Sum::ZERO.add(&h[lay.l3..lay.l4]).finish();
+            let c = Sum::ZERO.bytes(&h[lay.l3..lay.l4]).finish();
             set_be16(h, lay.l3 + 10..lay.l3 + 12, c);
         }
         if lay.is_tcp() {
@@ -333,8 +336,8 @@ impl Plan {
         }
         set_be16(h, field..field + 2, 0);
         let mut c = pseudo
-            .add(&h[lay.l4..lay.payload])
-            .add(&frame[pl.clone()])
+            .bytes(&h[lay.l4..lay.payload])
+            .bytes(&frame[pl.clone()])
             .finish();
         if !lay.is_tcp() && c == 0 {
             c = 0xffff;

@@ -214,7 +214,7 @@ impl Uring {
         // SAFETY: the tail lives in the first entry's reserved field; a release store publishes
         // the entry written above to the kernel.
         unsafe {
-            let tail = types::BufRingEntry::tail(self.ring_mem.base.as_ptr()) as *const u16;
+            let tail = types::BufRingEntry::tail(self.ring_mem.base.as_ptr());
             (*(tail as *const std::sync::atomic::AtomicU16))
                 .store(self.tail, std::sync::atomic::Ordering::Release);
         }
@@ -287,6 +287,7 @@ impl Uring {
 
     /// Queues a write of `hdr` followed by `mem[buf][off..off + len]` to `fd`. The buffer stays
     /// read-only until the completion. Err(WouldBlock) when no slot is free.
+    #[allow(clippy::too_many_arguments)]
     pub fn writev(
         &mut self,
         mem: &mut BufMem,
