@@ -375,6 +375,17 @@ impl Daemon {
             return Err(e);
         }
         let name = conf.name.clone();
+        if conf.kind == NetworkKind::L3 && conf.spans_nodes() {
+            // Directly routed packets for our pods reach this node's kernel too; with
+            // ip_forward on (every Kubernetes node) it would route them on out of its default
+            // route. A blackhole route per local block stops that, as Calico does for its
+            // blocks; vswitch has already taken its copy from the underlay.
+            for b in &conf.blocks {
+                if let Err(e) = netconf::ip(&["route", "replace", "blackhole", &b.to_string()]) {
+                    tracing::warn!(network = %name, block = %b, "blackhole route: {e}");
+                }
+            }
+        }
         self.networks
             .insert(name.clone(), Network { conf, idx, runtime });
         self.sync_domain_peers(&name);
@@ -383,6 +394,11 @@ impl Daemon {
 
     fn remove_network(&mut self, name: &str) -> Option<Network> {
         let n = self.networks.remove(name)?;
+        if n.conf.kind == NetworkKind::L3 && n.conf.spans_nodes() {
+            for b in &n.conf.blocks {
+                let _ = netconf::ip(&["route", "del", "blackhole", &b.to_string()]);
+            }
+        }
         let idx = n.idx;
         let _ = self.broadcast(|| Command::RemoveDomain { idx });
         self.free_domains.insert(idx);

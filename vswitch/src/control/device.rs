@@ -49,7 +49,9 @@ pub fn open_tap(netns: &Path, name: &str, offloads: bool) -> io::Result<Result<P
 /// Opens the AF_PACKET socket on a pod veth's host end.
 pub fn open_packet(host_ifname: &str) -> io::Result<PortDev> {
     let idx = crate::sys::if_index(host_ifname)?;
-    Ok(PortDev::Packet(Arc::new(PacketSocket::open(idx, None)?)))
+    Ok(PortDev::Packet(Arc::new(PacketSocket::open(
+        idx, None, true,
+    )?)))
 }
 
 /// Opens the underlay sockets of a node at `local_ip` (and, for direct routing, a filtered
@@ -66,17 +68,17 @@ pub fn open_uplink(
             let idx = crate::sys::if_index(i).with_context(|| format!("underlay interface {i}"))?;
             let filter = packet::direct_routed_filter(local_ip);
             Some(
-                PacketSocket::open(idx, Some(&filter))
+                PacketSocket::open(idx, Some(&filter), false)
                     .with_context(|| format!("AF_PACKET socket on {i}"))?,
             )
         }
         None => None,
     };
     let vxlan_tx = (0..VXLAN_SOURCE_PORTS)
-        .map(|_| InetSocket::udp_sender(local_ip))
+        .map(|_| InetSocket::udp_sender_pair(local_ip))
         .collect::<io::Result<Vec<_>>>()
         .with_context(|| format!("VXLAN sender sockets on {local_ip}"))?;
-    let udp_gso = vxlan_tx.first().is_some_and(InetSocket::supports_gso);
+    let udp_gso = vxlan_tx.first().is_some_and(|(_, t)| t.supports_gso());
     // The receivers share the port with SO_REUSEPORT; make sure nobody else (another vswitchd,
     // a kernel vxlan device) holds it, since a second group member would take half the flows.
     std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, vxlan_port))

@@ -27,8 +27,9 @@ const IOV_PER_CALL: usize = 1024;
 pub struct Uplink {
     pub local_ip: Ipv4Addr,
     pub vxlan_port: u16,
-    /// VXLAN senders, each bound to its own source port (flows are spread over them).
-    pub vxlan_tx: Vec<InetSocket>,
+    /// VXLAN senders, each pair bound to its own source port (flows are spread over them):
+    /// single datagrams (zero UDP checksum) and `UDP_SEGMENT` trains (checksummed).
+    pub vxlan_tx: Vec<(InetSocket, InetSocket)>,
     /// The kernel takes `UDP_SEGMENT` on the VXLAN senders.
     pub udp_gso: bool,
     /// VXLAN receivers, one per worker (`SO_REUSEPORT`: the kernel spreads outer flows, and
@@ -215,7 +216,12 @@ impl UnderlayTx {
             let mut used = 0;
             let mut k = 0;
             let mut j = i;
-            while j < self.msgs.len() && k < inet::BATCH && self.msgs[j].sock == sock {
+            let train = self.msgs[i].gso > 0;
+            while j < self.msgs.len()
+                && k < inet::BATCH
+                && self.msgs[j].sock == sock
+                && (self.msgs[j].gso > 0) == train
+            {
                 let m = self.msgs[j];
                 let n = m.count as usize;
                 // A message never has more than MAX_IOV (< IOV_PER_CALL) pieces (`begin`'s
@@ -266,7 +272,8 @@ impl UnderlayTx {
                     .up
                     .vxlan_tx
                     .get(usize::from(n))
-                    .or(self.up.vxlan_tx.first()),
+                    .or(self.up.vxlan_tx.first())
+                    .map(|(single, train)| if self.msgs[i].gso > 0 { train } else { single }),
                 Sock::Raw => Some(&self.up.raw_tx),
             };
             let Some(s) = s else {

@@ -170,12 +170,21 @@ impl InetSocket {
         Ok(s)
     }
 
-    /// A UDP socket for sending VXLAN from `local` with a kernel-chosen source port.
-    pub fn udp_sender(local: Ipv4Addr) -> io::Result<InetSocket> {
-        let s = Self::new(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
-        s.buffers(false, true)?;
-        s.bind(local, 0)?;
-        Ok(s)
+    /// Two UDP sockets for sending VXLAN from `local`, sharing one kernel-chosen source port:
+    /// the first sends single datagrams with a zero UDP checksum (RFC 7348 5, as the kernel's
+    /// vxlan does by default), the second `UDP_SEGMENT` trains, which need checksums.
+    pub fn udp_sender_pair(local: Ipv4Addr) -> io::Result<(InetSocket, InetSocket)> {
+        let single = Self::new(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+        single.buffers(false, true)?;
+        single.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        single.set_int(libc::SOL_SOCKET, libc::SO_NO_CHECK, 1)?;
+        single.bind(local, 0)?;
+        let port = single.local_port()?;
+        let train = Self::new(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+        train.buffers(false, true)?;
+        train.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        train.bind(local, port)?;
+        Ok((single, train))
     }
 
     /// The local UDP port this socket is bound to.

@@ -45,7 +45,13 @@ pub type Bpf = [libc::sock_filter];
 impl PacketSocket {
     /// Opens a packet socket on `ifindex` (in the calling thread's netns). `filter` (classic BPF)
     /// is attached before the socket is bound, so nothing else ever enters its queue.
-    pub fn open(ifindex: u32, filter: Option<&Bpf>) -> io::Result<PacketSocket> {
+    /// `bypass_qdisc`: send straight to the driver (pod veths); off on the node's underlay
+    /// NIC, where the operator's qdiscs and packet captures must see what we send.
+    pub fn open(
+        ifindex: u32,
+        filter: Option<&Bpf>,
+        bypass_qdisc: bool,
+    ) -> io::Result<PacketSocket> {
         // Protocol 0 first: the socket receives nothing until it is bound to our interface.
         // SAFETY: plain syscall; the fd is checked and then owned.
         let raw = cvt(unsafe {
@@ -70,19 +76,21 @@ impl PacketSocket {
             libc::PACKET_AUXDATA,
             &1 as &libc::c_int,
         )?;
-        // Our own transmissions must not come back; skip the qdisc on tx.
+        // Our own transmissions must not come back.
         setsockopt(
             raw,
             libc::SOL_PACKET,
             libc::PACKET_IGNORE_OUTGOING,
             &1 as &libc::c_int,
         )?;
-        setsockopt(
-            raw,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            &1 as &libc::c_int,
-        )?;
+        if bypass_qdisc {
+            setsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                &1 as &libc::c_int,
+            )?;
+        }
         // As root the forced variants lift the sysctl caps; fall back to the plain ones.
         if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
             setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF)?;
