@@ -166,7 +166,7 @@ mod tests {
         });
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"ok":{"version":"1","workers":1,"io":"epoll"}}"#
+            r#"{"ok":{"io":"epoll","version":"1","workers":1}}"#
         );
         let r = answer(PortDel { id: "x".into() }, |_| {
             Err(ApiError::new(ErrorKind::UnknownPort, "no"))

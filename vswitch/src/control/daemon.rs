@@ -1353,17 +1353,30 @@ impl Daemon {
         }
     }
 
-    /// Losses in the kernel in front of us, by where they happen: pod taps' transmit queues
-    /// (the pod sent faster than we read), AF_PACKET sockets' receive buffers, the underlay
-    /// UDP/raw sockets' receive buffers.
+    /// Losses in the kernel around us, by where they happen: in front of us, pod taps' queues
+    /// and veths' backlogs towards us (the pod sent faster than we read), AF_PACKET sockets' and
+    /// the underlay sockets' receive buffers; behind us, pods' receive backlogs (we delivered
+    /// faster than the pod's stack took it).
     fn kernel_drops(&self) -> Vec<(&'static str, u64)> {
         let mut tap = 0;
+        let mut veth = 0;
+        let mut pod_rx = 0;
         for p in self.ports.values() {
+            let (rx, tx) = netconf::pod_drops(&p.netns, &p.info.ifname).unwrap_or((0, 0));
+            pod_rx += rx;
             match &p.dev {
-                Some(PortDev::Tap(_)) => {
-                    tap += netconf::pod_tx_dropped(&p.netns, &p.info.ifname).unwrap_or(0);
-                }
+                Some(PortDev::Tap(_)) => tap += tx,
                 Some(PortDev::Packet(s)) => {
+                    // The veth's backlog towards us was full: counted as the pod end's transmit
+                    // drops or the host end's receive drops, depending on the kernel.
+                    veth += tx;
+                    veth += std::fs::read_to_string(format!(
+                        "/sys/class/net/{}/statistics/rx_dropped",
+                        p.info.host_ifname
+                    ))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
                     // PACKET_STATISTICS resets on read: keep the running total per port.
                     p.kernel_drops
                         .fetch_add(s.take_drops().unwrap_or(0), Ordering::Relaxed);
@@ -1385,6 +1398,8 @@ impl Daemon {
         });
         vec![
             ("kernel_tap_queue_full", tap),
+            ("kernel_veth_backlog_full", veth),
+            ("kernel_pod_rx_dropped", pod_rx),
             ("kernel_af_packet_rcvbuf_full", packet_total),
             ("kernel_underlay_rcvbuf_full", underlay),
         ]

@@ -234,26 +234,29 @@ pub fn observe(netns: &Path, ifname: &str) -> vswitch_api::ObservedInterface {
     o
 }
 
-/// Frames the kernel dropped on `ifname` in `netns` on transmit (for a pod's tap: frames the pod
-/// sent while the tap's queue towards vswitch was full), from the namespace's `/proc/net/dev`.
-pub fn pod_tx_dropped(netns: &Path, ifname: &str) -> std::io::Result<u64> {
+/// Frames the kernel dropped on the pod's interface `ifname` in `netns`, as (receive,
+/// transmit): receive drops are frames vswitch handed over that the pod's backlog refused;
+/// transmit drops are frames the pod sent while the queue towards vswitch was full (a tap's
+/// queue, a veth's backlog). From the namespace's `/proc/net/dev`.
+pub fn pod_drops(netns: &Path, ifname: &str) -> std::io::Result<(u64, u64)> {
     let name = ifname.to_string();
     crate::sys::netns::run_in_netns(netns, move || {
         // /proc/thread-self/net shows the network namespace of this thread.
         let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
-        parse_tx_dropped(&text, &name)
+        parse_drops(&text, &name)
             .ok_or_else(|| std::io::Error::other(format!("{name} not in /proc/net/dev")))
     })?
 }
 
-fn parse_tx_dropped(text: &str, ifname: &str) -> Option<u64> {
+fn parse_drops(text: &str, ifname: &str) -> Option<(u64, u64)> {
     text.lines().find_map(|l| {
         let (name, rest) = l.split_once(':')?;
         if name.trim() != ifname {
             return None;
         }
         // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop
-        rest.split_whitespace().nth(11)?.parse().ok()
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some((f.get(3)?.parse().ok()?, f.get(11)?.parse().ok()?))
     })
 }
 
@@ -262,7 +265,7 @@ mod dev_tests {
     #[test]
     fn tx_dropped_column() {
         let t = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n  eth1:  100 2 0 0 0 0 0 0 200 3 0 917 0 0 0 0\n";
-        assert_eq!(super::parse_tx_dropped(t, "eth1"), Some(917));
-        assert_eq!(super::parse_tx_dropped(t, "eth2"), None);
+        assert_eq!(super::parse_drops(t, "eth1"), Some((0, 917)));
+        assert_eq!(super::parse_drops(t, "eth2"), None);
     }
 }

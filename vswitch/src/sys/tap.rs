@@ -16,7 +16,7 @@ use crate::packet::offload::{Caps, VNET_HDR_LEN};
 
 /// Transmit queue of a pod's tap (its packets towards vswitch): deep enough to absorb a burst
 /// while a worker is busy (the kernel default of 500 frames drops 64 B bursts).
-pub const TX_QUEUE_LEN: i32 = 4096;
+pub const TX_QUEUE_LEN: i32 = 8192;
 
 /// Why a tap could not be created.
 #[derive(Debug, thiserror::Error)]
