@@ -1,0 +1,24 @@
+# Sourced by .ci/fresh-machine.sh and deploy/image.sh: a Debian 12 minbase root filesystem
+# (debootstrap: Essential and required packages plus apt), made once and kept as a tarball.
+#
+#   ensure_minbase_tar TARBALL     makes TARBALL unless it exists (delete it to refresh)
+
+ensure_minbase_tar() {
+  local tar=$1 tmp
+  [ -s "$tar" ] && return 0
+  if ! command -v debootstrap >/dev/null; then
+    echo "== installing debootstrap (makes the Debian base root filesystem)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+  fi
+  mkdir -p "$(dirname "$tar")"
+  tmp=$(mktemp -d /var/tmp/vswitch-debootstrap.XXXXXX)
+  echo "== debootstrap --variant=minbase bookworm (about a minute; kept in $tar)"
+  if ! debootstrap --variant=minbase bookworm "$tmp" >"$tmp.log" 2>&1; then
+    tail -20 "$tmp.log" >&2
+    rm -rf --one-file-system "$tmp" "$tmp.log"
+    return 1
+  fi
+  rm -f "$tmp/var/cache/apt/archives/"*.deb
+  tar -C "$tmp" -cf "$tar.new" . && mv "$tar.new" "$tar"
+  rm -rf --one-file-system "$tmp" "$tmp.log"
+}
