@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# CI check: the repo's own install scripts are complete. In a Debian 12 minbase chroot (only
-# Essential/required packages and apt: less than a fresh machine has, see the baseline check
-# below), with the host's Rust toolchain bind-mounted read-only and nothing else installed,
+# CI check: the repo's own install scripts are complete. In a Debian 12 minbase chroot (Essential and
+# required packages and apt, plus the CA certificates and C toolchain every fresh machine of this
+# kind has: see the baseline below), with the host's Rust toolchain bind-mounted read-only and nothing else installed,
 # deploy/demo.sh installs its packages, builds and runs for real. A package the build or the demo
 # needs and no script installs makes this fail.
 #
@@ -39,11 +39,30 @@ ROOT=$(mktemp -d /var/tmp/vswitch-ci-root.XXXXXX)
 cleanup() { rm -rf --one-file-system "$ROOT"; }
 trap cleanup EXIT
 phase "unpacking $ROOTFS_TAR into $ROOT"
-tar -C "$ROOT" -xf "$ROOTFS_TAR"
+tar --numeric-owner -C "$ROOT" -xf "$ROOTFS_TAR"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 
-# 2. The baseline must be a subset of a fresh machine: otherwise the chroot would assume
-#    packages a new machine does not have.
+# 2. The baseline: minbase plus the few packages every fresh machine of this kind has and the
+#    Rust toolchain itself presumes (TLS roots for crates.io, the C linker and libc objects),
+#    with the machine's own extra CA certificates (part of the machine, like its resolv.conf).
+#    All of it must be on a fresh machine's package list, or the chroot would assume packages a
+#    new machine does not have. Everything else the scripts must install.
+BASELINE="ca-certificates gcc libc6-dev"
+if [ -d /usr/local/share/ca-certificates ]; then
+  cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/"
+fi
+# apt downloads as its sandbox user _apt (uid as in the chroot, not as on the host).
+apt_uid=$(chroot "$ROOT" id -u _apt)
+chown "$apt_uid" "$CACHE/apt-archives/partial"
+mkdir -p "$ROOT/var/lib/apt/lists/partial" && chown "$apt_uid" "$ROOT/var/lib/apt/lists/partial"
+phase "baseline: apt-get install $BASELINE (in the chroot)"
+unshare --mount --propagation private bash -euo pipefail -c '
+  mount --bind "$1/apt-archives" "$2/var/cache/apt/archives"
+  mount -t proc proc "$2/proc"
+  mount --rbind /dev "$2/dev"
+  chroot "$2" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+    sh -c "apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $3 >/dev/null"
+' _ "$CACHE" "$ROOT" "$BASELINE"
 if [ -r "$FRESH_LIST" ]; then
   missing_from_fresh=$(comm -23 \
     <(chroot "$ROOT" dpkg-query -W -f '${Package}\n' | sort -u) \
@@ -52,7 +71,7 @@ if [ -r "$FRESH_LIST" ]; then
     echo "fresh-machine check: the chroot's baseline has packages a fresh machine lacks:" $missing_from_fresh >&2
     exit 1
   fi
-  phase "baseline: all $(chroot "$ROOT" dpkg-query -W -f '${Package}\n' | wc -l) minbase packages are on a fresh machine ($FRESH_LIST)"
+  phase "baseline: all $(chroot "$ROOT" dpkg-query -W -f '${Package}\n' | wc -l) packages of the chroot are on a fresh machine ($FRESH_LIST)"
 else
   phase "baseline: $FRESH_LIST not readable here, subset check skipped"
 fi
@@ -86,12 +105,16 @@ unshare --mount --propagation private bash -euo pipefail -c '
       PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       bash -euo pipefail -c "cd /src && $1"
   }
-  phase "bash deploy/install-demo-deps.sh (in the chroot)"
-  in_root "bash deploy/install-demo-deps.sh"
-  key=$( { chroot "$ROOT" dpkg-query -W -f "\${Package} \${Version}\n" | sort; echo "$rustc_version"; } | sha256sum | cut -c1-16)
-  mkdir -p "$CACHE/target-$key"
-  find "$CACHE" -maxdepth 1 -name "target-*" ! -name "target-$key" -exec rm -rf {} +
-  mount --bind "$CACHE/target-$key" "$ROOT/src/target"
+  if [ -f "$ROOT/src/deploy/install-demo-deps.sh" ]; then
+    phase "bash deploy/install-demo-deps.sh (in the chroot; deploy/demo.sh runs it too)"
+    in_root "bash deploy/install-demo-deps.sh"
+    key=$( { chroot "$ROOT" dpkg-query -W -f "\${Package} \${Version}\n" | sort; echo "$rustc_version"; } | sha256sum | cut -c1-16)
+    mkdir -p "$CACHE/target-$key"
+    find "$CACHE" -maxdepth 1 -name "target-*" ! -name "target-$key" -exec rm -rf {} +
+    mount --bind "$CACHE/target-$key" "$ROOT/src/target"
+  else
+    key="none (a tree without deploy/install-demo-deps.sh builds from scratch)"
+  fi
   phase "bash deploy/demo.sh (in the chroot; target dir keyed by its package set: $key)"
   in_root "bash deploy/demo.sh"
 '

@@ -79,7 +79,8 @@ if [ -n "$IMAGE" ]; then
   # (here the demo's node namespace stands in for the host network), /run/netns shared so pod
   # namespaces created later are visible inside, the socket/state dir mounted from the host.
   echo "== starting vswitchd in a container of $IMAGE"
-  podman run -d --rm --name "$CTR" --privileged --pid=host --network "ns:/run/netns/$P-node" \
+  # shellcheck disable=SC2086 # PODMAN_LIMITS: see deploy/image.sh
+  podman run -d --rm --name "$CTR" ${PODMAN_LIMITS:---ulimit nofile=4096:4096 --ulimit nproc=4096:4096} --privileged --pid=host --network "ns:/run/netns/$P-node" \
     -v /run/netns:/run/netns:rslave -v "$WORK:$WORK" "$IMAGE" --config "$WORK/vswitchd.toml" >/dev/null
   for _ in $(seq 100); do $CTL status >/dev/null 2>&1 && break; sleep 0.1; done
 else

@@ -17,6 +17,9 @@ CACHE=${VSWITCH_CACHE:-/var/cache/vswitch}
 BASE=localhost/vswitch-base:bookworm      # stands in for debian:bookworm-slim
 RUST=localhost/vswitch-rust:bookworm      # stands in for rust:1-bookworm (toolchain mounted)
 [ "$(id -u)" = 0 ] || { echo "run as root (or with sudo): bash deploy/image.sh ${1:-build}" >&2; exit 1; }
+# podman raises nofile/nproc to 1048576 in containers by default, which needs CAP_SYS_RESOURCE
+# that a sandboxed root may lack; stay below the usual hard limits instead.
+export PODMAN_LIMITS="--ulimit nofile=4096:4096 --ulimit nproc=4096:4096"
 start=$(date +%s)
 phase() { echo "== image [$(( $(date +%s) - start )) s]: $*"; }
 
@@ -44,6 +47,11 @@ make_base_images() {
   if ! have_image "$RUST"; then
     phase "making $RUST: $BASE with rust:1-bookworm's environment; the toolchain is mounted at build time"
     ctr=$(buildah from "$BASE")
+    # The machine's own extra CA certificates (a TLS-intercepting proxy, if any), so the build
+    # stage reaches crates.io as the host does; the runtime image does not get them.
+    if [ -d /usr/local/share/ca-certificates ]; then
+      buildah copy "$ctr" /usr/local/share/ca-certificates /usr/local/share/ca-certificates >/dev/null
+    fi
     buildah config --env RUSTUP_HOME=/usr/local/rustup --env CARGO_HOME=/usr/local/cargo \
       --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
     buildah commit --rm -q "$ctr" "$RUST" >/dev/null
@@ -74,16 +82,46 @@ test_image() {
   have_image "$IMAGE" || { echo "no image $IMAGE: run bash deploy/image.sh build first" >&2; exit 1; }
   local out
   phase "podman run $IMAGE --help (vswitchd)"
-  podman run --rm --network none "$IMAGE" --help | head -3
+  podman run --rm --network none $PODMAN_LIMITS "$IMAGE" --help | sed -n 1,3p
   phase "podman run --entrypoint vswitchctl $IMAGE --help"
-  podman run --rm --network none --entrypoint vswitchctl "$IMAGE" --help | head -3
+  podman run --rm --network none $PODMAN_LIMITS --entrypoint vswitchctl "$IMAGE" --help | sed -n 1,3p
   phase "podman run -e CNI_COMMAND=VERSION --entrypoint /opt/cni/bin/vswitch $IMAGE"
-  out=$(podman run --rm --network none -e CNI_COMMAND=VERSION --entrypoint /opt/cni/bin/vswitch "$IMAGE")
+  out=$(podman run --rm --network none $PODMAN_LIMITS -e CNI_COMMAND=VERSION --entrypoint /opt/cni/bin/vswitch "$IMAGE")
   echo "$out"
   grep -q '"supportedVersions"' <<<"$out" || { echo "VERSION printed no supportedVersions" >&2; exit 1; }
+  phase "podman run --entrypoint vswitch-install-cni $IMAGE (the DaemonSet's init container)"
+  check_install_cni
   phase "deploy/demo.sh --image $IMAGE (vswitchd in the container, checks from the host)"
   bash deploy/demo.sh --image "$IMAGE"
   phase "image test passed; $IMAGE is $(image_size)"
+}
+
+# The init container against a scratch "host": plugin installed, this node's vswitchd config
+# picked (the default for an unknown node), this node's per-node CNI config written for Multus.
+check_install_cni() {
+  local t
+  t=$(mktemp -d /tmp/vswitch-install-cni.XXXXXX)
+  mkdir -p "$t/host" "$t/conf" "$t/cni" "$t/out-a" "$t/out-z"
+  echo 'workers = 1' > "$t/conf/default.toml"
+  echo 'workers = 2' > "$t/conf/node-a.toml"
+  echo '{"name": "pods-l3"}' > "$t/cni/pods-l3.node-a.conf"
+  echo '{"name": "pods-l3", "other": true}' > "$t/cni/pods-l3.node-b.conf"
+  for node in a z; do
+    podman run --rm --network none $PODMAN_LIMITS -e NODE_NAME=node-$node -v "$t/host:/host" \
+      -v "$t/conf:/etc/vswitch:ro" -v "$t/cni:/etc/vswitch-cni:ro" -v "$t/out-$node:/run/vswitchd" \
+      --entrypoint vswitch-install-cni "$IMAGE"
+  done
+  local ok=1
+  [ -x "$t/host/opt/cni/bin/vswitch" ] || ok=0
+  grep -qx 'workers = 2' "$t/out-a/vswitchd.toml" || ok=0
+  grep -qx 'workers = 1' "$t/out-z/vswitchd.toml" || ok=0
+  grep -qx '{"name": "pods-l3"}' "$t/host/etc/cni/multus/net.d/pods-l3.conf" || ok=0
+  [ ! -e "$t/host/etc/cni/net.d/10-vswitch.conflist" ] || ok=0
+  "$t/host/opt/cni/bin/vswitch" </dev/null >/dev/null 2>&1 && ok=0   # no CNI_COMMAND: must fail
+  CNI_COMMAND=VERSION "$t/host/opt/cni/bin/vswitch" </dev/null | grep -q supportedVersions || ok=0
+  rm -rf "$t"
+  [ "$ok" = 1 ] || { echo "vswitch-install-cni did not install what it should" >&2; exit 1; }
+  echo "   plugin installed and runs on the host; node-a got its config, node-z the default"
 }
 
 case "${1:-}" in

@@ -19,6 +19,6 @@ ensure_minbase_tar() {
     return 1
   fi
   rm -f "$tmp/var/cache/apt/archives/"*.deb
-  tar -C "$tmp" -cf "$tar.new" . && mv "$tar.new" "$tar"
+  tar --numeric-owner -C "$tmp" -cf "$tar.new" . && mv "$tar.new" "$tar"
   rm -rf --one-file-system "$tmp" "$tmp.log"
 }
