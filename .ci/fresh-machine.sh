@@ -54,7 +54,8 @@ fi
 # apt downloads as its sandbox user _apt (uid as in the chroot, not as on the host).
 apt_uid=$(chroot "$ROOT" id -u _apt)
 chown "$apt_uid" "$CACHE/apt-archives/partial"
-mkdir -p "$ROOT/var/lib/apt/lists/partial" && chown "$apt_uid" "$ROOT/var/lib/apt/lists/partial"
+rm -rf "$ROOT/var/lib/apt/lists/partial" && mkdir -m 700 "$ROOT/var/lib/apt/lists/partial"
+chown "$apt_uid" "$ROOT/var/lib/apt/lists/partial"
 phase "baseline: apt-get install $BASELINE (in the chroot)"
 unshare --mount --propagation private bash -euo pipefail -c '
   mount --bind "$1/apt-archives" "$2/var/cache/apt/archives"
@@ -90,6 +91,8 @@ export ROOT CACHE RUSTUP CARGO_BIN rustc_version start
 unshare --mount --propagation private bash -euo pipefail -c '
   phase() { echo "== fresh-machine [$(( $(date +%s) - start )) s]: $*"; }
   ro_bind() { mkdir -p "$2"; mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"; }
+  # The chroot'"'"'s / must be a mount point: `ip netns exec` makes it a slave mount.
+  mount --bind "$ROOT" "$ROOT"
   mount -t proc proc "$ROOT/proc"
   mount -t sysfs sysfs "$ROOT/sys"
   mount --rbind /dev "$ROOT/dev"

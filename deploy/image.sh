@@ -40,6 +40,7 @@ make_base_images() {
         "path-exclude /usr/share/locale/*" "path-include /usr/share/locale/locale.alias" \
         > /etc/dpkg/dpkg.cfg.d/slim
       find /usr/share/doc -mindepth 1 ! -name copyright ! -type d -delete
+      find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
       rm -rf /usr/share/man/* /usr/share/info/* /var/lib/apt/lists/* /var/cache/apt/*.bin'
     buildah config --cmd bash "$ctr"
     buildah commit --rm -q "$ctr" "$BASE" >/dev/null
