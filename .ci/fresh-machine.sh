@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# CI check: the repo's own install scripts are complete. In a Debian 12 minbase chroot (Essential and
-# required packages and apt, plus the CA certificates and C toolchain every fresh machine of this
-# kind has: see the baseline below), with the host's Rust toolchain bind-mounted read-only and nothing else installed,
-# deploy/demo.sh installs its packages, builds and runs for real. A package the build or the demo
-# needs and no script installs makes this fail.
+# CI check: the repo's own install scripts are complete. In a Debian 12 minbase chroot
+# (Essential and required packages and apt, plus the CA certificates and C toolchain every
+# fresh machine of this kind has: see the baseline below), with the host's Rust toolchain
+# bind-mounted read-only and nothing else installed, deploy/demo.sh installs its packages,
+# builds and runs for real. A package the build or the demo needs and no script installs makes
+# this fail.
 #
-#   bash .ci/fresh-machine.sh            (root; about 2 min warm, 8-10 min cold, see README)
+#   bash .ci/fresh-machine.sh    (root; about 2 min with warm caches; a first run adds
+#                                debootstrap and a cold release build, see README)
 #
 # Caches (under $VSWITCH_CACHE, default /var/cache/vswitch), none of which can hide a
 # missing package:

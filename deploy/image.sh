@@ -59,7 +59,18 @@ make_base_images() {
   fi
 }
 
+install_image_deps() {
+  # shellcheck source=deploy/lib/apt.sh
+  . deploy/lib/apt.sh
+  want buildah "builds the image from the Dockerfile, without a daemon"
+  want podman "runs the image (image.sh test, demo.sh --image)"
+  want runc "the OCI runtime podman uses"
+  want debootstrap "makes the Debian root filesystem the local base images come from"
+  install_wanted "the container image (deploy/image.sh)"
+}
+
 build() {
+  install_image_deps
   make_base_images
   # shellcheck source=deploy/lib/cargo.sh
   . deploy/lib/cargo.sh
@@ -80,6 +91,7 @@ image_size() {
 }
 
 test_image() {
+  install_image_deps
   have_image "$IMAGE" || { echo "no image $IMAGE: run bash deploy/image.sh build first" >&2; exit 1; }
   local out
   phase "podman run $IMAGE --help (vswitchd)"

@@ -7,8 +7,10 @@ ensure_minbase_tar() {
   local tar=$1 tmp
   [ -s "$tar" ] && return 0
   if ! command -v debootstrap >/dev/null; then
-    echo "== installing debootstrap (makes the Debian base root filesystem)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+    # shellcheck source=deploy/lib/apt.sh
+    . "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+    want debootstrap "makes the Debian base root filesystem"
+    install_wanted "a Debian root filesystem (debootstrap)"
   fi
   mkdir -p "$(dirname "$tar")"
   tmp=$(mktemp -d /var/tmp/vswitch-debootstrap.XXXXXX)
