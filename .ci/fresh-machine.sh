@@ -42,6 +42,7 @@ cleanup() { rm -rf --one-file-system "$ROOT"; }
 trap cleanup EXIT
 phase "unpacking $ROOTFS_TAR into $ROOT"
 tar --numeric-owner -C "$ROOT" -xf "$ROOTFS_TAR"
+chmod 755 "$ROOT"   # the chroot's /: apt's _apt user must traverse it
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 
 # 2. The baseline: minbase plus the few packages every fresh machine of this kind has and the

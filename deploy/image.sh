@@ -35,6 +35,7 @@ make_base_images() {
     ctr=$(buildah from scratch)
     buildah add "$ctr" "$tar" / >/dev/null
     buildah run "$ctr" -- sh -c '
+      chmod 755 /
       printf "%s\n" "path-exclude /usr/share/doc/*" "path-include /usr/share/doc/*/copyright" \
         "path-exclude /usr/share/man/*" "path-exclude /usr/share/info/*" \
         "path-exclude /usr/share/locale/*" "path-include /usr/share/locale/locale.alias" \

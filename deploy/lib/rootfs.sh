@@ -21,6 +21,7 @@ ensure_minbase_tar() {
     return 1
   fi
   rm -f "$tmp/var/cache/apt/archives/"*.deb
+  chmod 755 "$tmp"   # mktemp made it 0700; it becomes the system's /
   tar --numeric-owner -C "$tmp" -cf "$tar.new" . && mv "$tar.new" "$tar"
   rm -rf --one-file-system "$tmp" "$tmp.log"
 }
