@@ -20,7 +20,6 @@
 #                          key and forces a build from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 [ "$(id -u)" = 0 ] || { echo "fresh-machine check: needs root (chroot, namespaces)" >&2; exit 1; }
 CACHE=${VSWITCH_CACHE:-/var/cache/vswitch}
 SUITE=bookworm
@@ -52,6 +51,7 @@ cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 #    new machine does not have. Everything else the scripts must install.
 BASELINE="ca-certificates gcc libc6-dev"
 if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
   cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/"
 fi
 # apt downloads as its sandbox user _apt (uid as in the chroot, not as on the host).
