@@ -3,28 +3,51 @@
 # the same static IP 192.168.1.205 and a second pod. Pings inside a network succeed, pings across
 # networks fail, a broadcast flood in one network never reaches another; then the FDBs.
 #
-#   sudo bash deploy/demo.sh          (installs what it needs, builds, runs, cleans up)
+#   bash deploy/demo.sh                as root (it creates network namespaces), or with sudo:
+#                                      installs what it needs, builds (release), runs, cleans up
+#   bash deploy/demo.sh --image IMG    the same checks against vswitchd running in the container
+#                                      image IMG (podman, privileged, in the demo's node
+#                                      namespace); builds nothing (deploy/image.sh test uses it)
 #
 # Everything it creates is named vdemo-* and removed on exit; traffic stays inside those
 # network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root (it creates network namespaces)" >&2; exit 1; }
+IMAGE=""
+case "${1:-}" in
+  --image) IMAGE=${2:?--image needs an image name} ;;
+  "") ;;
+  *) echo "usage: bash deploy/demo.sh [--image IMAGE]" >&2; exit 2 ;;
+esac
+[ "$(id -u)" = 0 ] || { echo "run as root (it creates network namespaces): sudo bash deploy/demo.sh" >&2; exit 1; }
 
-bash tests/install-deps.sh
-echo "== building vswitch (release)"
-cargo build --release --quiet --bins -p vswitch
-BIN=$PWD/target/release
+bash deploy/install-demo-deps.sh
+if [ -z "$IMAGE" ]; then
+  # shellcheck source=deploy/lib/cargo.sh
+  . deploy/lib/cargo.sh
+  find_cargo
+  echo "== building vswitchd and vswitchctl (release; a first build takes a few minutes)"
+  build_start=$(date +%s)
+  "$CARGO" build --release --bins -p vswitch
+  echo "== built in $(( $(date +%s) - build_start )) s"
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+fi
 P=vdemo
 WORK=$(mktemp -d /tmp/vswitch-demo.XXXXXX)
 SOCK=$WORK/vswitchd.sock
-CTL="$BIN/vswitchctl --socket $SOCK"
 NETS="tenant-a tenant-b tenant-c"
 DPID=""
+CTR=$P-vswitchd-$$
+if [ -n "$IMAGE" ]; then
+  CTL="podman exec $CTR vswitchctl --socket $SOCK"
+else
+  CTL="$BIN/vswitchctl --socket $SOCK"
+fi
 
 cleanup() {
   set +e
   [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null
+  [ -n "$IMAGE" ] && podman rm -f -t 5 "$CTR" >/dev/null 2>&1
   for ns in $(ip netns list | awk '{print $1}' | grep "^$P-"); do ip netns del "$ns"; done
   rm -rf "$WORK"
 }
@@ -51,10 +74,22 @@ attach = "af_packet"
 TOML
 
 ip netns add $P-node
-ip netns exec $P-node "$BIN/vswitchd" --config "$WORK/vswitchd.toml" > "$WORK/vswitchd.log" 2>&1 &
-DPID=$!
-for _ in $(seq 50); do $CTL status >/dev/null 2>&1 && break; sleep 0.1; done
-$CTL status
+if [ -n "$IMAGE" ]; then
+  # As the DaemonSet runs it: privileged, the host's PID namespace, the node's network namespace
+  # (here the demo's node namespace stands in for the host network), /run/netns shared so pod
+  # namespaces created later are visible inside, the socket/state dir mounted from the host.
+  echo "== starting vswitchd in a container of $IMAGE"
+  # shellcheck disable=SC2086 # PODMAN_LIMITS: see deploy/image.sh
+  podman run -d --rm --name "$CTR" ${PODMAN_LIMITS:---ulimit nofile=4096:4096 --ulimit nproc=4096:4096} --privileged --pid=host --network "ns:/run/netns/$P-node" \
+    -v /run/netns:/run/netns:rslave -v "$WORK:$WORK" "$IMAGE" --config "$WORK/vswitchd.toml" >/dev/null
+  for _ in $(seq 100); do $CTL status >/dev/null 2>&1 && break; sleep 0.1; done
+else
+  ip netns exec $P-node "$BIN/vswitchd" --config "$WORK/vswitchd.toml" > "$WORK/vswitchd.log" 2>&1 &
+  DPID=$!
+  for _ in $(seq 50); do $CTL status >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+$CTL status || { echo "vswitchd did not answer; its log:" >&2
+  if [ -n "$IMAGE" ]; then podman logs "$CTR" >&2; else cat "$WORK/vswitchd.log" >&2; fi; exit 1; }
 
 echo; echo "== attaching pods (each network: pod1 = 192.168.1.205, pod2 = 192.168.1.1x)"
 i=0

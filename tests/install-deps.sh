@@ -1,35 +1,41 @@
 #!/usr/bin/env bash
-# Installs the system packages vswitch's tests, demo and benchmarks use (Debian/Ubuntu).
-# Skips apt entirely when everything is already there.
+# The system packages the tests and benchmarks need (Debian 12, Ubuntu 22.04+): the demo's
+# (which include the build's), plus capture decoders, traffic generators, etcd, container
+# runtimes, and a Python venv with kubernetes-validate for the manifest test. Installs what is
+# missing and says why.
+#
+#   bash tests/install-deps.sh               (as root, or with sudo)
 set -euo pipefail
-need=()
-have() { command -v "$1" >/dev/null 2>&1; }
-have ip       || need+=(iproute2)
-have ping     || need+=(iputils-ping)
-have arping   || need+=(iputils-arping)
-have tcpdump  || need+=(tcpdump)
-have tshark   || need+=(tshark)
-have iperf3   || need+=(iperf3)
-have nsenter  || need+=(util-linux)
-have ethtool  || need+=(ethtool)
-have pgrep    || need+=(procps)
-have protoc   || need+=(protobuf-compiler)
-[ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
-# etcd for the overlay cluster-mode tests (tests/tests/overlay_cluster.rs); only the binary is used.
-[ -x /usr/bin/etcd ] || need+=(etcd-server)
-/usr/bin/python3 -c 'import scapy' >/dev/null 2>&1 || need+=(python3-scapy)
+here=$(dirname "${BASH_SOURCE[0]}")
+# shellcheck source=deploy/install-demo-deps.sh
+. "$here/../deploy/install-demo-deps.sh"
+
+# Where tests/tests/deploy_manifests.rs finds kubernetes-validate (offline Kubernetes schemas).
+K8S_VALIDATE_VENV=${VSWITCH_TEST_VENV:-/opt/vswitch-tests/venv}
+K8S_VALIDATE_VERSION=1.37.0
+
+want_demo_deps
+want tshark "decodes VXLAN/IPIP in the overlay tests' captures (our wire format against Wireshark's)"
+want iperf3 "TCP throughput through the switch (tests/tests/tcp.rs, overlay_tcp.rs, vswitch-perf)"
+want ethtool "reads pod interface offloads in the tests"
+want python3-scapy "crafts malformed and spoofed frames (tests/tests/malformed.rs, antispoof.rs)"
+want containernetworking-plugins "host-local and bridge: delegated IPAM and the bench's baseline"
+want etcd-server "etcd for cluster mode (tests/tests/overlay_cluster.rs; only the binary is used)"
 # Container runtimes for tests/tests/cni_runtimes.rs: podman 4 with its CNI backend (named
-# explicitly: podman would accept netavark as its network stack), containerd 1.6 + ctr, runc,
-# and a static busybox for the containers' root filesystem.
-have podman     || need+=(podman)
-[ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
-have containerd || need+=(containerd)
-have runc       || need+=(runc)
-installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
-installed busybox-static || need+=(busybox-static)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# explicitly: podman would accept netavark as its network stack), containerd + ctr, runc, and a
+# static busybox for the containers' root filesystem.
+want podman "runs containers whose network is our CNI plugin (cni_runtimes.rs)"
+want containerd "containerd + ctr with our CNI plugin (cni_runtimes.rs)"
+want runc "the OCI runtime podman and containerd use"
+want busybox-static "the test containers' root filesystem"
+want python3-venv "a venv for kubernetes-validate (tests/tests/deploy_manifests.rs)"
+install_wanted "the tests (tests/run.sh)"
+
+if [ ! -x "$K8S_VALIDATE_VENV/bin/kubernetes-validate" ] ||
+  ! "$K8S_VALIDATE_VENV/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: $K8S_VALIDATE_VERSION"; then
+  echo "== pip: kubernetes-validate $K8S_VALIDATE_VERSION into $K8S_VALIDATE_VENV (validates deploy/*.yaml against Kubernetes' schemas, offline)"
+  /usr/bin/python3 -m venv "$K8S_VALIDATE_VENV"
+  "$K8S_VALIDATE_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+else
+  echo "   kubernetes-validate $K8S_VALIDATE_VERSION present in $K8S_VALIDATE_VENV"
 fi

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, builds everything, runs unit, property and
-# root-only integration tests (real namespaces, taps, veths, captures).
+# root-only integration tests (real namespaces, taps, veths, captures) and the manifest checks.
 #
-#   sudo bash tests/run.sh
+#   bash tests/run.sh            as root (the integration tests create network namespaces),
+#                                or with sudo
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root: the integration tests create network namespaces" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (the integration tests create network namespaces): sudo bash tests/run.sh" >&2; exit 1; }
 bash tests/install-deps.sh
-cargo build --workspace --bins --tests --quiet
+# shellcheck source=deploy/lib/cargo.sh
+. deploy/lib/cargo.sh
+find_cargo
+echo "== building the workspace and its tests (debug)"
+"$CARGO" build --workspace --bins --tests
 # Root-only tests must not silently skip here.
 export VSWITCH_REQUIRE_ROOT_TESTS=1
-cargo test --workspace --quiet -- --test-threads="${VSWITCH_TEST_THREADS:-2}"
+echo "== cargo test --workspace"
+"$CARGO" test --workspace --quiet -- --test-threads="${VSWITCH_TEST_THREADS:-2}"
