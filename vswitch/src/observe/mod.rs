@@ -5,7 +5,12 @@
 //!   packet without allocating, before and after the pipeline runs.
 //! - [`hub`]: trace and capture sessions shared by the control plane and the workers; bounded
 //!   queues, never blocking a worker.
+//! - [`render`]: records turned into [`event::TraceEvent`]s with names (what the control socket
+//!   carries and `vswitchctl trace` prints); [`pcapng`]: capture files.
 
+pub mod event;
 pub mod filter;
 pub mod hub;
 pub mod matcher;
+pub mod pcapng;
+pub mod render;
