@@ -17,6 +17,10 @@ have protoc   || need+=(protobuf-compiler)
 [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 # etcd for the overlay cluster-mode tests (tests/tests/overlay_cluster.rs); only the binary is used.
 [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# promtool (Debian ships it in `prometheus`) checks the metrics endpoint's output
+# (vswitch/src/observe/metrics.rs, tests/tests/trace.rs). On a machine booted with systemd the
+# package also starts a Prometheus server on :9090; tests never use it.
+have promtool || need+=(prometheus)
 /usr/bin/python3 -c 'import scapy' >/dev/null 2>&1 || need+=(python3-scapy)
 # Container runtimes for tests/tests/cni_runtimes.rs: podman 4 with its CNI backend (named
 # explicitly: podman would accept netavark as its network stack), containerd 1.6 + ctr, runc,

@@ -7,10 +7,17 @@
 //!   queues, never blocking a worker.
 //! - [`render`]: records turned into [`event::TraceEvent`]s with names (what the control socket
 //!   carries and `vswitchctl trace` prints); [`pcapng`]: capture files.
+//! - [`stats`]: the snapshot of every exported number (`vswitchctl stats`); [`metrics`]: its
+//!   Prometheus rendering; [`http`]: the `metrics_listen` endpoint serving it.
+//! - [`logging`]: the daemon's log filter (`RUST_LOG`, `log_level`).
 
 pub mod event;
 pub mod filter;
+pub mod http;
 pub mod hub;
+pub mod logging;
 pub mod matcher;
+pub mod metrics;
 pub mod pcapng;
 pub mod render;
+pub mod stats;
