@@ -556,7 +556,7 @@ pub fn validate_log_filter(s: &str) -> Result<(), String> {
         let target_ok = target
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
-            && (target.is_empty() == !d.contains('='));
+            && (target.is_empty() != d.contains('='));
         if !target_ok || !is_level(level) {
             return Err(format!(
                 "{d:?} is not a level ({}) or a target=level directive",

@@ -194,11 +194,11 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .bytes()
         .filter(|c| !c.is_ascii_whitespace() && *c != b':')
         .collect();
-    if digits.len() % 2 != 0 {
+    let pairs = digits.chunks_exact(2);
+    if !pairs.remainder().is_empty() {
         return None;
     }
-    digits
-        .chunks(2)
+    pairs
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
         .collect()
 }

@@ -13,7 +13,7 @@
 //! Keywords: `any`, `tcp`, `udp`, `icmp`, `icmp6`, `arp`, `ipv4` (`ip4`), `ipv6` (`ip6`),
 //! `underlay` (received from another node), `dropped`.
 //! Fields: `port`, `in_port`, `out_port`, `network`, `peer`, `mac`, `eth_src`, `eth_dst`,
-//! `eth_type`, `ip`, `ip_src`, `ip_dst` (IPv4 or IPv6, optional `/len`), `ip_proto`,
+//! `eth_type`, `ip`, `ip_src`, `ip_dst` (IPv4 or IPv6, optional `/len`), `ip_proto`, `ttl`,
 //! `l4_port`, `tp_src`, `tp_dst` (a port or `lo-hi`), `icmp_type`, `arp_op` (`request`,
 //! `reply` or a number), `drop_reason` (a name from `vswitchctl stats`).
 //! `not` binds tighter than `and`, `and` (and `,`) tighter than `or`. Values with spaces or
@@ -101,6 +101,8 @@ pub enum Test {
     Ip(IpNet),
     Proto(Proto),
     IpProto(u8),
+    /// IPv4 TTL or IPv6 hop limit.
+    Ttl(u8),
     TpSrc(PortRange),
     TpDst(PortRange),
     L4Port(PortRange),
@@ -487,6 +489,7 @@ const FIELDS: &[&str] = &[
     "ip_src",
     "ip_dst",
     "ip_proto",
+    "ttl",
     "l4_port",
     "tp_src",
     "tp_dst",
@@ -605,6 +608,7 @@ fn field(name: &str, v: &str) -> Result<Test, String> {
         "ip_src" => Test::IpSrc(ip_net(v)?),
         "ip_dst" => Test::IpDst(ip_net(v)?),
         "ip_proto" => Test::IpProto(number(v, "IP protocol number (0-255)")?),
+        "ttl" => Test::Ttl(number(v, "TTL (0-255)")?),
         "l4_port" => Test::L4Port(port_range(v)?),
         "tp_src" => Test::TpSrc(port_range(v)?),
         "tp_dst" => Test::TpDst(port_range(v)?),
@@ -695,6 +699,7 @@ impl fmt::Display for Test {
             Test::Ip(n) => write!(f, "ip={}", Net(n)),
             Test::Proto(p) => f.write_str(p.name()),
             Test::IpProto(p) => write!(f, "ip_proto={p}"),
+            Test::Ttl(t) => write!(f, "ttl={t}"),
             Test::TpSrc(r) => write!(f, "tp_src={r}"),
             Test::TpDst(r) => write!(f, "tp_dst={r}"),
             Test::L4Port(r) => write!(f, "l4_port={r}"),
@@ -889,6 +894,7 @@ mod tests {
             arb_net().prop_map(Test::Ip),
             (0..Proto::ALL.len()).prop_map(|i| Test::Proto(Proto::ALL[i].0)),
             any::<u8>().prop_map(Test::IpProto),
+            any::<u8>().prop_map(Test::Ttl),
             arb_range().prop_map(Test::TpSrc),
             arb_range().prop_map(Test::TpDst),
             arb_range().prop_map(Test::L4Port),

@@ -9,12 +9,14 @@
 //!   carries and `vswitchctl trace` prints); [`pcapng`]: capture files.
 //! - [`stats`]: the snapshot of every exported number (`vswitchctl stats`); [`metrics`]: its
 //!   Prometheus rendering; [`http`]: the `metrics_listen` endpoint serving it.
+//! - [`inject`]: packets described in words, built into frames for a synthetic trace.
 //! - [`logging`]: the daemon's log filter (`RUST_LOG`, `log_level`).
 
 pub mod event;
 pub mod filter;
 pub mod http;
 pub mod hub;
+pub mod inject;
 pub mod logging;
 pub mod matcher;
 pub mod metrics;
