@@ -212,8 +212,17 @@ pub enum Rx {
     /// A local port.
     Port(PortIdx),
     /// The underlay (VXLAN, IPIP or direct), from this peer when the source is a known peer.
-    Underlay { peer: Option<PeerIdx> },
+    /// `marked`: the sending vswitch node traced this packet and said so in its VXLAN header
+    /// (see [`TRACE_MARK`]).
+    Underlay { peer: Option<PeerIdx>, marked: bool },
 }
+
+/// The VXLAN header bit a vswitch node sets on a packet it traced, so the receiving node can
+/// trace its decapsulation and delivery (`vswitchctl trace --match traced`): bit 0 of the last
+/// reserved byte (byte 7). Linux drops VXLAN packets with unknown reserved bits, so it is only
+/// ever set toward peers known to run vswitch (registered in the cluster datastore), and cleared
+/// by the receiver before anything else looks at the header.
+pub const TRACE_MARK: (usize, u8) = (7, 0x01);
 
 /// Offload metadata of a buffer (from the virtio-net header), as a trace shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -148,6 +148,85 @@ pub struct Headers {
     pub len: u32,
 }
 
+/// What a trace session collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    /// Stage lists.
+    #[default]
+    Trace,
+    /// Stage lists and frames.
+    Capture,
+    /// Stage lists and frames of dropped packets.
+    Drops,
+}
+
+/// Starts a trace or capture session; its records stream on the same connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// Match expression (see `observe::filter`); empty matches everything.
+    #[serde(default)]
+    pub filter: String,
+    #[serde(default)]
+    pub kind: TraceKind,
+    /// Bytes of each frame kept (captures).
+    #[serde(default)]
+    pub snaplen: u32,
+    /// Stop after this many records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Stop after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The reply to a [`TraceRequest`]: the session runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStarted {
+    /// The filter as the daemon understood it.
+    pub filter: String,
+    /// Capture interfaces known now (port ids and `underlay`), in this order.
+    pub interfaces: Vec<String>,
+}
+
+/// How a session ended, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEnd {
+    /// `count`, `timeout`, `client` (went away) or `error`.
+    pub reason: String,
+    pub matched: u64,
+    pub delivered: u64,
+    /// Records dropped because this client read too slowly.
+    pub lost: u64,
+}
+
+/// Lines the daemon streams after [`TraceStarted`], one JSON object each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceLine {
+    Event(TraceEvent),
+    End(TraceEnd),
+}
+
+/// Runs packets through the live tables without sending them or changing anything.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InjectRequest {
+    /// A description (`in_port=P,ip_dst=…,icmp`), see `observe::inject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Or frames (hex) received on `port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+}
+
+/// One event per injected packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectReply {
+    pub events: Vec<TraceEvent>,
+}
+
 /// One traced packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceEvent {

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Keywords: `any`, `tcp`, `udp`, `icmp`, `icmp6`, `arp`, `ipv4` (`ip4`), `ipv6` (`ip6`),
-//! `underlay` (received from another node), `dropped`.
+//! `underlay` (received from another node), `traced` (received from a vswitch node that traced
+//! it: see `TRACE_MARK`), `dropped`.
 //! Fields: `port`, `in_port`, `out_port`, `network`, `peer`, `mac`, `eth_src`, `eth_dst`,
 //! `eth_type`, `ip`, `ip_src`, `ip_dst` (IPv4 or IPv6, optional `/len`), `ip_proto`, `ttl`,
 //! `l4_port`, `tp_src`, `tp_dst` (a port or `lo-hi`), `icmp_type`, `arp_op` (`request`,
@@ -92,6 +93,8 @@ pub enum Test {
     Peer(String),
     /// Received from the underlay.
     Underlay,
+    /// Received from a vswitch node that marked it as traced.
+    Traced,
     EthSrc(MacAddr),
     EthDst(MacAddr),
     Mac(MacAddr),
@@ -499,13 +502,14 @@ const FIELDS: &[&str] = &[
 ];
 
 const KEYWORDS: &[&str] = &[
-    "any", "tcp", "udp", "icmp", "icmp6", "arp", "ipv4", "ipv6", "underlay", "dropped",
+    "any", "tcp", "udp", "icmp", "icmp6", "arp", "ipv4", "ipv6", "underlay", "traced", "dropped",
 ];
 
 fn keyword(w: &str) -> Option<Test> {
     Some(match w {
         "any" => Test::Any,
         "underlay" => Test::Underlay,
+        "traced" => Test::Traced,
         "dropped" => Test::Dropped,
         "ip4" => Test::Proto(Proto::Ipv4),
         "ip6" => Test::Proto(Proto::Ipv6),
@@ -690,6 +694,7 @@ impl fmt::Display for Test {
             Test::Network(n) => write!(f, "network={}", Value(n)),
             Test::Peer(n) => write!(f, "peer={}", Value(n)),
             Test::Underlay => f.write_str("underlay"),
+            Test::Traced => f.write_str("traced"),
             Test::EthSrc(m) => write!(f, "eth_src={m}"),
             Test::EthDst(m) => write!(f, "eth_dst={m}"),
             Test::Mac(m) => write!(f, "mac={m}"),
@@ -885,6 +890,7 @@ mod tests {
             arb_name().prop_map(Test::Network),
             arb_name().prop_map(Test::Peer),
             Just(Test::Underlay),
+            Just(Test::Traced),
             mac.clone().prop_map(Test::EthSrc),
             mac.clone().prop_map(Test::EthDst),
             mac.prop_map(Test::Mac),

@@ -265,6 +265,8 @@ pub struct TraceHub {
     /// Bumped on every change of the session list; workers compare it once per batch.
     generation: AtomicU64,
     registry: Mutex<Registry>,
+    /// Records lost by sessions that ended.
+    lost_before: AtomicU64,
 }
 
 /// Why a session could not be added.
@@ -326,6 +328,10 @@ impl TraceHub {
 
     fn remove(&self, id: u64) {
         let mut r = self.registry();
+        if let Some(s) = r.sessions.iter().find(|s| s.id == id) {
+            self.lost_before
+                .fetch_add(s.lost.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         r.sessions.retain(|s| s.id != id);
         self.publish(&mut r);
     }
@@ -340,6 +346,20 @@ impl TraceHub {
     /// Sessions running now.
     pub fn active(&self) -> usize {
         self.registry().sessions.len()
+    }
+
+    /// Sessions running, and records lost to slow readers over the daemon's lifetime.
+    pub fn stats(&self) -> super::stats::TraceStats {
+        let r = self.registry();
+        let live: u64 = r
+            .sessions
+            .iter()
+            .map(|s| s.lost.load(Ordering::Relaxed))
+            .sum();
+        super::stats::TraceStats {
+            sessions: r.sessions.len() as u64,
+            records_lost: self.lost_before.load(Ordering::Relaxed) + live,
+        }
     }
 }
 
@@ -660,6 +680,9 @@ mod tests {
                 lost: 8
             }
         );
+        assert_eq!(hub.stats().records_lost, 8);
+        drop(slow);
+        assert_eq!((hub.stats().sessions, hub.stats().records_lost), (2, 8));
         let t0 = Instant::now();
         let mut n = 0;
         loop {

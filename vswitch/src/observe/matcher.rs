@@ -69,6 +69,7 @@ enum Leaf {
     Network(DomainIdx),
     Peer(PeerIdx),
     Underlay,
+    Traced,
     EthSrc(MacAddr),
     EthDst(MacAddr),
     Mac(MacAddr),
@@ -98,6 +99,7 @@ impl Leaf {
                 | Leaf::Network(_)
                 | Leaf::Peer(_)
                 | Leaf::Underlay
+                | Leaf::Traced
                 | Leaf::Dropped
                 | Leaf::DropReason(_)
         )
@@ -226,6 +228,7 @@ impl Matcher {
                     }
                     Test::Peer(n) => Leaf::Peer(names.peer(n).ok_or_else(|| unknown("peer", n))?),
                     Test::Underlay => Leaf::Underlay,
+                    Test::Traced => Leaf::Traced,
                     Test::EthSrc(m) => Leaf::EthSrc(*m),
                     Test::EthDst(m) => Leaf::EthDst(*m),
                     Test::Mac(m) => Leaf::Mac(*m),
@@ -312,6 +315,7 @@ fn leaf(l: &Leaf, p: &Packet<'_>) -> Tri {
         Leaf::Any => true,
         Leaf::InPort(port) => p.rx == Rx::Port(*port),
         Leaf::Underlay => matches!(p.rx, Rx::Underlay { .. }),
+        Leaf::Traced => matches!(p.rx, Rx::Underlay { marked: true, .. }),
         Leaf::Network(d) => match domain {
             Some(x) => x == *d,
             None if p.stages.is_none() => return Tri::Unknown,
@@ -336,7 +340,7 @@ fn leaf(l: &Leaf, p: &Packet<'_>) -> Tri {
             })
         }
         Leaf::Peer(q) => match (p.rx, p.stages) {
-            (Rx::Underlay { peer }, _) => peer == Some(*q),
+            (Rx::Underlay { peer, .. }, _) => peer == Some(*q),
             (Rx::Port(_), None) => return Tri::Unknown,
             (Rx::Port(_), Some(stages)) => stages
                 .iter()
@@ -532,20 +536,74 @@ mod tests {
             ("peer=node-b", a, &fwd[..], false),
             (
                 "peer=node-b and underlay",
-                Rx::Underlay { peer: Some(0) },
+                Rx::Underlay {
+                    peer: Some(0),
+                    marked: false,
+                },
                 &fwd[..],
                 true,
             ),
-            ("peer=node-b", Rx::Underlay { peer: None }, &fwd[..], false),
-            ("network=blue", Rx::Underlay { peer: None }, &fwd[..], true),
-            ("network=red", Rx::Underlay { peer: None }, &fwd[..], false),
+            (
+                "peer=node-b",
+                Rx::Underlay {
+                    peer: None,
+                    marked: false,
+                },
+                &fwd[..],
+                false,
+            ),
+            (
+                "network=blue",
+                Rx::Underlay {
+                    peer: None,
+                    marked: false,
+                },
+                &fwd[..],
+                true,
+            ),
+            (
+                "network=red",
+                Rx::Underlay {
+                    peer: None,
+                    marked: false,
+                },
+                &fwd[..],
+                false,
+            ),
+            (
+                "traced",
+                Rx::Underlay {
+                    peer: Some(0),
+                    marked: true,
+                },
+                &fwd[..],
+                true,
+            ),
+            (
+                "traced",
+                Rx::Underlay {
+                    peer: Some(0),
+                    marked: false,
+                },
+                &fwd[..],
+                false,
+            ),
+            ("traced", a, &enc[..], false),
         ] {
             let domain = if rx == a { Some(0) } else { None };
             let p = pkt(rx, domain, &h, Some(st));
             assert_eq!(m(src).matches(&p), want, "{src} on {st:?}");
         }
         // Before the run a packet from the underlay has no domain yet.
-        let p = pkt(Rx::Underlay { peer: None }, None, &h, None);
+        let p = pkt(
+            Rx::Underlay {
+                peer: None,
+                marked: false,
+            },
+            None,
+            &h,
+            None,
+        );
         assert_eq!(m("network=blue").eval(&p), Tri::Unknown);
     }
 

@@ -57,6 +57,37 @@ impl NameTable {
             .cloned()
             .unwrap_or_else(|| format!("#{i}"))
     }
+
+    /// Whether every port, network and peer a record mentions has a name here.
+    pub fn knows(&self, r: &Record) -> bool {
+        let port = |p: &PortIdx| self.ports.contains_key(p);
+        let peer = |p: &PeerIdx| self.peers.contains_key(p);
+        let rx = match r.rx {
+            Rx::Port(p) => port(&p),
+            Rx::Underlay { peer: q, .. } => q.as_ref().is_none_or(peer),
+        };
+        rx && r
+            .domain
+            .as_ref()
+            .is_none_or(|d| self.networks.contains_key(d))
+            && r.stages.iter().all(|s| match s {
+                Stage::RxPort { port: p, .. } | Stage::TxPort(p) => port(p),
+                Stage::Domain(d) => self.networks.contains_key(d),
+                Stage::Encap { peer: q, .. } => peer(q),
+                Stage::RxUnderlay { peer: q, .. } | Stage::Route { via_peer: q, .. } => {
+                    q.as_ref().is_none_or(peer)
+                }
+                Stage::Lookup {
+                    result: Lookup::Port { port: p, .. },
+                    ..
+                } => port(p),
+                Stage::Lookup {
+                    result: Lookup::Peer { peer: q, .. },
+                    ..
+                } => peer(q),
+                _ => true,
+            })
+    }
 }
 
 fn wire(w: WireKind) -> String {
@@ -224,7 +255,7 @@ pub fn event(rec: &Record, n: &NameTable, snaplen: usize) -> TraceEvent {
         (Rx::Port(p), true) => RxInfo::Inject {
             port: n.port_name(p),
         },
-        (Rx::Underlay { peer }, _) => RxInfo::Underlay {
+        (Rx::Underlay { peer, .. }, _) => RxInfo::Underlay {
             peer: peer.map(|p| n.peer_name(p)),
         },
     };
