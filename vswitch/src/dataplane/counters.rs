@@ -94,47 +94,6 @@ impl PortCounters {
     }
 }
 
-/// Per-worker counters (batch sizes, busy time), written by their worker only.
-#[derive(Debug, Default)]
-pub struct WorkerCounters {
-    pub batches: AtomicU64,
-    pub packets: AtomicU64,
-    pub busy_ns: AtomicU64,
-    /// One per bucket of [`crate::observe::stats::BATCH_BUCKETS`], then one for larger batches.
-    pub batch_sizes: [AtomicU64; crate::observe::stats::BATCH_BUCKETS.len() + 1],
-}
-
-impl WorkerCounters {
-    /// Counts one batch of `packets` that took `busy_ns` to handle (call once per batch).
-    #[inline]
-    pub fn batch(&self, packets: usize, busy_ns: u64) {
-        use crate::observe::stats::BATCH_BUCKETS;
-        let b = BATCH_BUCKETS
-            .iter()
-            .position(|le| packets <= *le as usize)
-            .unwrap_or(BATCH_BUCKETS.len());
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.packets.fetch_add(packets as u64, Ordering::Relaxed);
-        self.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
-        self.batch_sizes[b].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self, id: u16, ports: u64) -> crate::observe::stats::WorkerStats {
-        crate::observe::stats::WorkerStats {
-            id,
-            ports,
-            batches: self.batches.load(Ordering::Relaxed),
-            packets: self.packets.load(Ordering::Relaxed),
-            busy_ns: self.busy_ns.load(Ordering::Relaxed),
-            batch_sizes: self
-                .batch_sizes
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,16 +113,5 @@ mod tests {
         let c = DropCounters::default();
         c.inc(DropReason::Hairpin);
         assert_eq!(c.get(DropReason::Hairpin), 1);
-    }
-
-    #[test]
-    fn worker_batches_land_in_their_bucket() {
-        let w = WorkerCounters::default();
-        w.batch(1, 10);
-        w.batch(3, 10);
-        w.batch(1000, 5);
-        let s = w.snapshot(2, 4);
-        assert_eq!((s.batches, s.packets, s.busy_ns), (3, 1004, 25));
-        assert_eq!(s.batch_sizes, vec![1, 0, 1, 0, 0, 0, 0, 0, 0, 1]);
     }
 }

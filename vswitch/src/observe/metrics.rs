@@ -248,24 +248,27 @@ impl Collector for Snapshot {
             &mut e,
             "vswitch_worker_batch_size_packets",
             "Packets per batch.",
-            s.workers.iter().map(|w| {
-                // Per-bucket counts: the encoder makes them cumulative.
-                let count = |i: usize| w.batch_sizes.get(i).copied().unwrap_or(0);
-                let mut buckets: Vec<(f64, u64)> = BATCH_BUCKETS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, le)| (f64::from(*le), count(i)))
-                    .collect();
-                buckets.push((f64::INFINITY, count(BATCH_BUCKETS.len())));
-                (
-                    worker(w),
-                    Buckets {
-                        sum: w.packets as f64,
-                        count: buckets.iter().map(|b| b.1).sum(),
-                        buckets,
-                    },
-                )
-            }),
+            s.workers
+                .iter()
+                .filter(|w| !w.batch_sizes.is_empty())
+                .map(|w| {
+                    // Per-bucket counts: the encoder makes them cumulative.
+                    let count = |i: usize| w.batch_sizes.get(i).copied().unwrap_or(0);
+                    let mut buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+                        .iter()
+                        .enumerate()
+                        .map(|(i, le)| (f64::from(*le), count(i)))
+                        .collect();
+                    buckets.push((f64::INFINITY, count(BATCH_BUCKETS.len())));
+                    (
+                        worker(w),
+                        Buckets {
+                            sum: w.packets as f64,
+                            count: buckets.iter().map(|b| b.1).sum(),
+                            buckets,
+                        },
+                    )
+                }),
         )?;
 
         family(

@@ -73,7 +73,9 @@ pub struct WorkerStats {
     pub packets: u64,
     /// Time spent handling batches, in nanoseconds.
     pub busy_ns: u64,
-    /// Batches per size bucket (`BATCH_BUCKETS`, then one for larger), not cumulative.
+    /// Batches per size bucket (`BATCH_BUCKETS`, then one for larger), not cumulative; empty
+    /// when the worker does not count them.
+    #[serde(default)]
     pub batch_sizes: Vec<u64>,
 }
 
