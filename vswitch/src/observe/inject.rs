@@ -2,7 +2,7 @@
 //! frames with `etherparse` (checksums included, so the pipeline judges them like real ones).
 //!
 //! The description uses the match-expression syntax, restricted to `field=value` pairs joined by
-//! `,` (or `and`): `in_port=P` (required), `eth_src`, `eth_dst`, `ip_src`, `ip_dst` (one address,
+//! `,` (or `and`): `in_port=P` (or `--port P`), `eth_src`, `eth_dst`, `ip_src`, `ip_dst` (one address,
 //! IPv4 or IPv6), `ttl`, one of `icmp` `icmp6` `tcp` `udp` `arp`, `tp_src`, `tp_dst`,
 //! `icmp_type`, `arp_op`. What is left out comes from the port and the live tables: the port's
 //! MAC and first address as the source, the destination's MAC from the network's endpoints (else
@@ -75,7 +75,7 @@ fn single_ip(net: &ipnet::IpNet) -> Option<IpAddr> {
     (net.prefix_len() == net.max_prefix_len()).then(|| net.addr())
 }
 
-/// Parses a description.
+/// Parses a description (`in_port` may be left out when the caller knows the port).
 pub fn parse_inject(src: &str) -> Result<InjectSpec, ParseError> {
     let e = parse(src)?;
     let mut fields = Vec::new();
@@ -131,9 +131,6 @@ pub fn parse_inject(src: &str) -> Result<InjectSpec, ParseError> {
                 )))
             }
         }
-    }
-    if s.in_port.is_empty() {
-        return Err(ParseError::new(src, 0, "in_port=PORT is required"));
     }
     Ok(s)
 }
@@ -276,6 +273,77 @@ impl InjectSpec {
     }
 }
 
+/// What the daemon provides to run a synthetic trace.
+pub trait DryRun {
+    /// The port's index and the defaults for a packet entering on it.
+    fn port(&self, id: &str) -> Option<(crate::dataplane::fdb::PortIdx, InjectDefaults)>;
+    /// Runs `frame` as received on `port` through the live tables with `Recorder::dry_run()`
+    /// (on the worker that owns the port) and returns its record.
+    fn run(
+        &self,
+        port: crate::dataplane::fdb::PortIdx,
+        frame: Vec<u8>,
+    ) -> Result<super::hub::Record, String>;
+    fn names(&self) -> super::render::NameTable;
+}
+
+/// Most frames one inject request may carry (a pcap file of a whole capture is not a trace).
+pub const MAX_INJECT_FRAMES: usize = 256;
+
+/// Serves an inject request: builds or decodes the frames, runs each, names the records.
+pub fn serve(
+    req: &super::event::InjectRequest,
+    d: &dyn DryRun,
+) -> Result<super::event::InjectReply, String> {
+    let (port_id, frames) = match (&req.description, req.frames.is_empty()) {
+        (Some(desc), true) => {
+            let mut spec = parse_inject(desc).map_err(|e| e.render(desc))?;
+            if spec.in_port.is_empty() {
+                spec.in_port = req
+                    .port
+                    .clone()
+                    .ok_or("say which port the packet enters on: in_port=PORT (or --port)")?;
+            }
+            let (_, defaults) = d
+                .port(&spec.in_port)
+                .ok_or_else(|| format!("no port `{}` on this node", spec.in_port))?;
+            let f = spec.build(&defaults).map_err(|e| e.to_string())?;
+            (spec.in_port, vec![f])
+        }
+        (None, false) => {
+            let port = req
+                .port
+                .clone()
+                .ok_or("frames to inject need the port they enter on")?;
+            if req.frames.len() > MAX_INJECT_FRAMES {
+                return Err(format!("at most {MAX_INJECT_FRAMES} frames per request"));
+            }
+            let frames = req
+                .frames
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    super::event::decode_hex(h).ok_or_else(|| format!("frame {i}: not hex"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (port, frames)
+        }
+        _ => return Err("give either a description or frames".into()),
+    };
+    let (idx, _) = d
+        .port(&port_id)
+        .ok_or_else(|| format!("no port `{port_id}` on this node"))?;
+    let mut events = Vec::with_capacity(frames.len());
+    let mut names = None;
+    for f in frames {
+        let mut rec = d.run(idx, f)?;
+        rec.dry_run = true;
+        let names = names.get_or_insert_with(|| d.names());
+        events.push(super::render::event(&rec, names, 0));
+    }
+    Ok(super::event::InjectReply { events })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,10 +433,99 @@ mod tests {
         );
     }
 
+    struct Fake;
+    impl DryRun for Fake {
+        fn port(&self, id: &str) -> Option<(crate::dataplane::fdb::PortIdx, InjectDefaults)> {
+            (id == "pod-a").then(|| (0, defaults()))
+        }
+        fn run(
+            &self,
+            port: crate::dataplane::fdb::PortIdx,
+            frame: Vec<u8>,
+        ) -> Result<crate::observe::hub::Record, String> {
+            use crate::dataplane::trace::{Rx, Stage};
+            let mut r = crate::observe::hub::Record::new(0, Rx::Port(port), Some(0), &frame, 0);
+            r.stages = vec![Stage::TxPort(1)];
+            Ok(r)
+        }
+        fn names(&self) -> crate::observe::render::NameTable {
+            crate::observe::render::NameTable {
+                ports: [(0, ("pod-a".into(), 0)), (1, ("pod-b".into(), 0))].into(),
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn serve_builds_runs_and_names() {
+        use crate::observe::event::{encode_hex, InjectRequest, RxInfo};
+        let r = serve(
+            &InjectRequest {
+                description: Some("in_port=pod-a,ip_dst=10.0.0.6".into()),
+                ..Default::default()
+            },
+            &Fake,
+        )
+        .unwrap();
+        assert_eq!(r.events.len(), 1);
+        let e = &r.events[0];
+        assert_eq!(
+            (e.verdict.as_str(), e.dry_run, e.orig_len),
+            ("tx pod-b", true, 98)
+        );
+        assert_eq!(
+            e.rx,
+            RxInfo::Inject {
+                port: "pod-a".into()
+            }
+        );
+        let hex = encode_hex(&build("in_port=pod-a,ip_dst=10.0.0.6"));
+        let req = InjectRequest {
+            frames: vec![hex.clone(), hex],
+            port: Some("pod-a".into()),
+            ..Default::default()
+        };
+        assert_eq!(serve(&req, &Fake).unwrap().events.len(), 2);
+        for (req, needle) in [
+            (
+                InjectRequest {
+                    description: Some("in_port=zz,ip_dst=1.2.3.4".into()),
+                    ..Default::default()
+                },
+                "no port `zz`",
+            ),
+            (
+                InjectRequest {
+                    frames: vec!["00".into()],
+                    ..Default::default()
+                },
+                "need the port",
+            ),
+            (
+                InjectRequest {
+                    frames: vec!["0g".into()],
+                    port: Some("pod-a".into()),
+                    ..Default::default()
+                },
+                "not hex",
+            ),
+            (InjectRequest::default(), "either"),
+            (
+                InjectRequest {
+                    description: Some("ip_dst=10.0.0.1".into()),
+                    ..Default::default()
+                },
+                "in_port=PORT",
+            ),
+        ] {
+            let e = serve(&req, &Fake).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
     #[test]
     fn errors() {
         for (src, col, needle) in [
-            ("ip_dst=10.0.0.1", 1, "in_port"),
             ("in_port=a or tcp", 1, "field=value"),
             ("in_port=a,ip_dst=10.0.0.0/24", 11, "one address"),
             ("in_port=a,tcp,udp", 15, "twice"),
