@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use vswitch::control::api::{CniAddr, CniIpam};
+use vswitch_api::{CniAddr, CniIpam};
 use vswitch_config::Ipv4Net;
 
 use crate::env::CniEnv;

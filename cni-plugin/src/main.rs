@@ -17,9 +17,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vswitch::control::api::{
-    self, ApiError, ClientError, CniAddReply, CniAddRequest, CniAttachment, CniAttachmentId,
-    CniCheckReply, CniGcReply, CniIpam, ErrorKind, Request,
+use vswitch_api::{
+    ApiError, Call, ClientError, CniAdd, CniAttachment, CniAttachmentId, CniCheck, CniDel, CniGc,
+    CniIpam, ErrorKind, Ping,
 };
 use vswitch_config::cni::{parse_mac, IpamConf, NetConf, BUILTIN_IPAM, SUPPORTED_VERSIONS};
 use vswitch_config::{MacAddr, DEFAULT_SOCKET};
@@ -105,8 +105,8 @@ struct Plugin {
 }
 
 impl Plugin {
-    fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, CniError> {
-        api::call(&self.socket, &req, Duration::from_secs(60)).map_err(api_error)
+    fn call<C: Call>(&self, req: C) -> Result<C::Reply, CniError> {
+        vswitch_api::call(&self.socket, req, Duration::from_secs(60)).map_err(api_error)
     }
 
     fn builtin_ipam(&self) -> bool {
@@ -191,7 +191,7 @@ impl Plugin {
             let res = delegate::exec(&t, "ADD", &self.env, &self.raw)?;
             (delegate::to_fixed(&res)?, true)
         };
-        let req = CniAddRequest {
+        let req = CniAdd {
             container_id: self.env.container_id.clone(),
             ifname: self.env.ifname.clone(),
             netns: self.env.netns.clone(),
@@ -201,7 +201,7 @@ impl Plugin {
             mac,
             ipam,
         };
-        match self.call::<CniAddReply>(Request::CniAdd(req)) {
+        match self.call(req) {
             Ok(reply) => Ok(result::add_result(
                 &self.conf.cni_version,
                 &self.env.netns,
@@ -221,9 +221,7 @@ impl Plugin {
     fn del(&self) -> Result<(), CniError> {
         self.env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
         // Keep going after a failure: the delegated IPAM release must happen in any case.
-        let daemon = self
-            .call::<Value>(Request::CniDel(self.attachment()))
-            .map(|_| ());
+        let daemon = self.call(CniDel(self.attachment())).map(|_| ());
         let ipam = if self.builtin_ipam() {
             Ok(())
         } else {
@@ -241,7 +239,7 @@ impl Plugin {
             .prev_result
             .as_ref()
             .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult"))?;
-        let reply: CniCheckReply = self.call(Request::CniCheck(self.attachment()))?;
+        let reply = self.call(CniCheck(self.attachment()))?;
         result::check(prev, &self.env.ifname, &reply)?;
         if !self.builtin_ipam() {
             let t = self.conf.ipam_type().unwrap_or_default().to_string();
@@ -267,7 +265,7 @@ impl Plugin {
             })
             .unwrap_or_default();
         let unique: HashSet<_> = valid.iter().cloned().collect();
-        let reply: CniGcReply = self.call(Request::CniGc {
+        let reply = self.call(CniGc {
             domain: self.conf.domain().to_string(),
             valid: unique.into_iter().collect(),
         })?;
@@ -295,7 +293,7 @@ impl Plugin {
     }
 
     fn status(&self) -> Result<(), CniError> {
-        self.call::<Value>(Request::Ping).map(|_| ()).map_err(|e| {
+        self.call(Ping {}).map(|_| ()).map_err(|e| {
             CniError::new(code::NOT_AVAILABLE, "vswitchd is not available")
                 .details(format!("{} ({})", e.msg, e.details))
         })

@@ -1,7 +1,7 @@
 //! CNI results in the caller's spec version, and CHECK against prevResult.
 
 use serde_json::{json, Value};
-use vswitch::control::api::{CniAddReply, CniCheckReply};
+use vswitch_api::{CniAddReply, CniCheckReply};
 use vswitch_config::{Ipv4Net, MacAddr, RouteSpec};
 
 use crate::{code, CniError};

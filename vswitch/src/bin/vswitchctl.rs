@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vswitch::control::api::{
-    self, ClientError, FdbEntryInfo, IpamAllocation, NetworkInfo, PeerInfo, PortAddRequest,
-    PortInfo, Request,
+use vswitch_api::{
+    Call, ClientError, FdbShow, IpamShow, NetworkAdd, NetworkDel, NetworkList, PeerList, Ping,
+    PortAdd, PortDel, PortList, Stats,
 };
 use vswitch_config::{
     AttachKind, EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkConfig, NetworkKind, RouteSpec,
@@ -158,8 +157,8 @@ enum FdbCmd {
     Show { network: String },
 }
 
-fn call<T: DeserializeOwned>(cli: &Cli, req: Request) -> Result<T, ClientError> {
-    api::call(&cli.socket, &req, Duration::from_secs(30))
+fn call<C: Call>(cli: &Cli, req: C) -> Result<C::Reply, ClientError> {
+    vswitch_api::call(&cli.socket, req, Duration::from_secs(30))
 }
 
 fn print_json<T: Serialize>(v: &T) {
@@ -201,19 +200,19 @@ fn join_ips(ips: &[Ipv4Addr]) -> String {
 fn run(cli: &Cli) -> Result<(), ClientError> {
     match &cli.cmd {
         Cmd::Status => {
-            let v: serde_json::Value = call(cli, Request::Ping)?;
+            let v = call(cli, Ping {})?;
             if cli.json {
                 print_json(&v);
             } else {
                 println!(
                     "vswitchd {} is running ({})",
-                    v["version"].as_str().unwrap_or("?"),
+                    v.version,
                     cli.socket.display()
                 );
             }
         }
         Cmd::Network(NetworkCmd::List) => {
-            let nets: Vec<NetworkInfo> = call(cli, Request::NetworkList)?;
+            let nets = call(cli, NetworkList {})?;
             if cli.json {
                 print_json(&nets);
                 return Ok(());
@@ -269,7 +268,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 mode: *mode,
                 blocks: blocks.clone(),
             };
-            let n: NetworkInfo = call(cli, Request::NetworkAdd { network })?;
+            let n = call(cli, NetworkAdd { network })?;
             if cli.json {
                 print_json(&n);
             } else {
@@ -277,7 +276,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::Network(NetworkCmd::Del { name }) => {
-            let _: serde_json::Value = call(cli, Request::NetworkDel { name: name.clone() })?;
+            call(cli, NetworkDel { name: name.clone() })?;
         }
         Cmd::Port(PortCmd::Add {
             netns,
@@ -289,7 +288,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             routes,
             attach,
         }) => {
-            let req = PortAddRequest {
+            let req = PortAdd {
                 id: id.clone(),
                 netns: netns.clone(),
                 network: network.clone(),
@@ -299,7 +298,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 routes: routes.clone(),
                 attach: *attach,
             };
-            let p: PortInfo = call(cli, Request::PortAdd(req))?;
+            let p = call(cli, req)?;
             if cli.json {
                 print_json(&p);
             } else {
@@ -307,10 +306,10 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Cmd::Port(PortCmd::Del { id }) => {
-            let _: serde_json::Value = call(cli, Request::PortDel { id: id.clone() })?;
+            call(cli, PortDel { id: id.clone() })?;
         }
         Cmd::Port(PortCmd::List) => {
-            let ports: Vec<PortInfo> = call(cli, Request::PortList)?;
+            let ports = call(cli, PortList {})?;
             if cli.json {
                 print_json(&ports);
                 return Ok(());
@@ -340,9 +339,9 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             );
         }
         Cmd::Fdb(FdbCmd::Show { network }) => {
-            let rows: Vec<FdbEntryInfo> = call(
+            let rows = call(
                 cli,
-                Request::FdbShow {
+                FdbShow {
                     network: network.clone(),
                 },
             )?;
@@ -368,9 +367,9 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             );
         }
         Cmd::Ipam(IpamCmd::Show { network }) => {
-            let rows: Vec<IpamAllocation> = call(
+            let rows = call(
                 cli,
-                Request::IpamShow {
+                IpamShow {
                     domain: network.clone(),
                 },
             )?;
@@ -386,7 +385,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             );
         }
         Cmd::Peers => {
-            let peers: Vec<PeerInfo> = call(cli, Request::Peers)?;
+            let peers = call(cli, PeerList {})?;
             if cli.json {
                 print_json(&peers);
                 return Ok(());
@@ -425,7 +424,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             );
         }
         Cmd::Stats => {
-            let s: vswitch::observe::stats::Stats = call(cli, Request::Stats)?;
+            let s = call(cli, Stats {})?;
             if cli.json {
                 print_json(&s);
                 return Ok(());

@@ -96,29 +96,16 @@ mod metrics {
     use std::sync::{Arc, Mutex};
 
     use anyhow::Context;
-    use vswitch::control::api::Request;
     use vswitch::control::daemon::Daemon;
     use vswitch::observe::http::MetricsServer;
-    use vswitch::observe::stats::Stats;
 
     /// Serves `metrics_listen`: every scrape takes the same snapshot as `vswitchctl stats`.
     pub fn start(addr: SocketAddr, daemon: Arc<Mutex<Daemon>>) -> anyhow::Result<MetricsServer> {
-        let started = std::time::SystemTime::now();
         let server = MetricsServer::start(addr, move || {
-            let v = daemon
+            daemon
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .handle(Request::Stats);
-            let mut s: Stats = v
-                .ok()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
-            s.version = env!("CARGO_PKG_VERSION").into();
-            s.start_time_secs = started
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            s.uptime_secs = started.elapsed().map_or(0.0, |d| d.as_secs_f64());
-            s
+                .stats_snapshot()
         })
         .with_context(|| format!("metrics_listen {addr}"))?;
         tracing::info!(addr = %server.local_addr(), "metrics endpoint listening");

@@ -16,11 +16,6 @@ use vswitch_config::{
     NetworkKind, NodeConfig, RouteSpec,
 };
 
-use super::api::{
-    ApiError, CniAddReply, CniAddRequest, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply,
-    CniGcReply, CniIpam, ErrorKind, FdbEntryInfo, FdbEntryKind, FdbSource, IpamAllocation,
-    NetworkInfo, PeerInfo, PortAddRequest, PortInfo, PortStats, Request, StatsReply,
-};
 use super::ipam::{Ipam, IpamError};
 use super::netconf::{self, PodIfConfig};
 use crate::dataplane::fdb::{EntryKind, PortIdx};
@@ -32,6 +27,14 @@ use crate::dataplane::{DropCounters, PortCounters};
 use crate::sys::inet::{self, InetSocket};
 use crate::sys::packet::PacketSocket;
 use crate::sys::tap::Tap;
+use vswitch_api::{
+    answer, ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply,
+    CniGcReply, CniIpam, Done, ErrorKind, FdbEntryInfo, FdbEntryKind, FdbSource, IpamAllocation,
+    NetworkAdd, NetworkDel, NetworkInfo, PeerInfo, PingReply, PortAdd, PortInfo, PortStats, Reply,
+    Request, StatsReply,
+};
+
+mod observe;
 
 const NETWORKS_FILE: &str = "networks.json";
 
@@ -74,6 +77,9 @@ pub struct Daemon {
     next_peer: PeerIdx,
     /// Endpoints of other nodes from the datastore: (network, mac) → (ip, peer name).
     remote_endpoints: BTreeMap<(String, MacAddr), (Option<Ipv4Addr>, String)>,
+    /// Trace and capture sessions (see `observe`).
+    trace: Arc<crate::observe::hub::TraceHub>,
+    started: std::time::SystemTime,
 }
 
 /// Where a peer's record came from.
@@ -109,10 +115,6 @@ fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
 
 fn sys_err(what: &str, e: impl std::fmt::Display) -> ApiError {
     err(ErrorKind::System, format!("{what}: {e}"))
-}
-
-fn to_value<T: Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| sys_err("encode reply", e))
 }
 
 fn random_mac() -> MacAddr {
@@ -164,6 +166,8 @@ impl Daemon {
             free_peers: BTreeSet::new(),
             next_peer: 0,
             remote_endpoints: BTreeMap::new(),
+            trace: crate::observe::hub::TraceHub::new(),
+            started: std::time::SystemTime::now(),
         };
         d.start_uplink()?;
         for p in &cfg.peers {
@@ -203,96 +207,103 @@ impl Daemon {
         }
     }
 
-    pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+    /// Answers one request; the reply's type is the request's (`vswitch_api::Call`).
+    pub fn handle(&mut self, req: Request) -> Reply {
         match req {
-            Request::Ping => to_value(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
-            Request::NetworkList => to_value(self.network_list()),
-            Request::NetworkAdd { network } => {
-                network
-                    .validate("")
-                    .map_err(|e| err(ErrorKind::InvalidConfig, e.to_string()))?;
-                if self.networks.contains_key(&network.name) {
-                    return Err(err(
-                        ErrorKind::NetworkExists,
-                        format!("network {:?} already exists", network.name),
-                    ));
-                }
-                let name = network.name.clone();
-                self.install_network(network, true)?;
-                if let Err(e) = self.persist_networks() {
-                    self.remove_network(&name);
-                    return Err(e);
-                }
-                tracing::info!(network = %name, "network added");
-                to_value(self.network_info(&self.networks[&name]))
-            }
-            Request::NetworkDel { name } => {
-                let n = self.networks.get(&name).ok_or_else(|| {
-                    err(
-                        ErrorKind::UnknownNetwork,
-                        format!("unknown network {name:?}"),
-                    )
-                })?;
-                let users = self
-                    .ports
-                    .values()
-                    .filter(|p| p.info.network == name)
-                    .count();
-                if users > 0 {
-                    return Err(err(
-                        ErrorKind::NetworkInUse,
-                        format!("network {name:?} still has {users} port(s)"),
-                    ));
-                }
-                let runtime = n.runtime;
-                let removed = self.remove_network(&name);
-                if runtime {
-                    if let Err(e) = self.persist_networks() {
-                        if let Some(n) = removed {
-                            let _ = self.install_network(n.conf, true);
-                        }
-                        return Err(e);
-                    }
-                }
-                tracing::info!(network = %name, "network removed");
-                to_value(serde_json::json!({}))
-            }
-            Request::PortAdd(r) => {
-                let info = self.port_add(r, None)?;
-                to_value(info)
-            }
-            Request::CniAdd(r) => to_value(self.cni_add(r)?),
-            Request::CniDel(a) => {
-                self.cni_del(&a)?;
-                to_value(serde_json::json!({}))
-            }
-            Request::CniCheck(a) => to_value(self.cni_check(&a)?),
-            Request::Peers => to_value(self.peer_list()),
-            Request::IpamShow { domain } => to_value(
-                self.ipam
-                    .attachments(&domain)
+            Request::Ping(r) => answer(r, |_| {
+                Ok(PingReply {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                })
+            }),
+            Request::NetworkList(r) => answer(r, |_| Ok(self.network_list())),
+            Request::NetworkAdd(r) => answer(r, |r| self.network_add(r)),
+            Request::NetworkDel(r) => answer(r, |r| self.network_del(r)),
+            Request::PortAdd(r) => answer(r, |r| self.port_add(r, None)),
+            Request::PortDel(r) => answer(r, |r| self.port_del(&r.id).map(|_| Done {})),
+            Request::PortList(r) => answer(r, |_| {
+                Ok(self.ports.values().map(|p| p.info.clone()).collect())
+            }),
+            Request::FdbShow(r) => answer(r, |r| self.fdb_show(&r.network)),
+            Request::Stats(r) => answer(r, |_| Ok(self.stats())),
+            Request::Trace(r) => answer(r, |_| {
+                Err(err(
+                    ErrorKind::BadRequest,
+                    "trace streams on its own connection (the control server serves it)",
+                ))
+            }),
+            Request::Inject(r) => answer(r, |r| self.inject(&r)),
+            Request::CniAdd(r) => answer(r, |r| self.cni_add(r)),
+            Request::CniDel(r) => answer(r, |r| self.cni_del(&r.0).map(|_| Done {})),
+            Request::CniCheck(r) => answer(r, |r| self.cni_check(&r.0)),
+            Request::CniGc(r) => answer(r, |r| self.cni_gc(&r.domain, &r.valid)),
+            Request::PeerList(r) => answer(r, |_| Ok(self.peer_list())),
+            Request::IpamShow(r) => answer(r, |r| {
+                Ok(self
+                    .ipam
+                    .attachments(&r.domain)
                     .into_iter()
                     .map(|(container_id, ifname, ips)| IpamAllocation {
                         container_id,
                         ifname,
                         ips,
                     })
-                    .collect::<Vec<_>>(),
-            ),
-            Request::CniGc { domain, valid } => to_value(self.cni_gc(&domain, &valid)?),
-            Request::PortDel { id } => {
-                self.port_del(&id)?;
-                to_value(serde_json::json!({}))
-            }
-            Request::PortList => to_value(
-                self.ports
-                    .values()
-                    .map(|p| p.info.clone())
-                    .collect::<Vec<_>>(),
-            ),
-            Request::FdbShow { network } => to_value(self.fdb_show(&network)?),
-            Request::Stats => to_value(self.stats()),
+                    .collect())
+            }),
         }
+    }
+
+    fn network_add(&mut self, r: NetworkAdd) -> Result<NetworkInfo, ApiError> {
+        let network = r.network;
+        network
+            .validate("")
+            .map_err(|e| err(ErrorKind::InvalidConfig, e.to_string()))?;
+        if self.networks.contains_key(&network.name) {
+            return Err(err(
+                ErrorKind::NetworkExists,
+                format!("network {:?} already exists", network.name),
+            ));
+        }
+        let name = network.name.clone();
+        self.install_network(network, true)?;
+        if let Err(e) = self.persist_networks() {
+            self.remove_network(&name);
+            return Err(e);
+        }
+        tracing::info!(network = %name, "network added");
+        Ok(self.network_info(&self.networks[&name]))
+    }
+
+    fn network_del(&mut self, r: NetworkDel) -> Result<Done, ApiError> {
+        let name = r.name;
+        let n = self.networks.get(&name).ok_or_else(|| {
+            err(
+                ErrorKind::UnknownNetwork,
+                format!("unknown network {name:?}"),
+            )
+        })?;
+        let users = self
+            .ports
+            .values()
+            .filter(|p| p.info.network == name)
+            .count();
+        if users > 0 {
+            return Err(err(
+                ErrorKind::NetworkInUse,
+                format!("network {name:?} still has {users} port(s)"),
+            ));
+        }
+        let runtime = n.runtime;
+        let removed = self.remove_network(&name);
+        if runtime {
+            if let Err(e) = self.persist_networks() {
+                if let Some(n) = removed {
+                    let _ = self.install_network(n.conf, true);
+                }
+                return Err(e);
+            }
+        }
+        tracing::info!(network = %name, "network removed");
+        Ok(Done {})
     }
 
     fn network_info(&self, n: &Network) -> NetworkInfo {
@@ -401,7 +412,7 @@ impl Daemon {
         )
     }
 
-    fn validate_port(&self, r: &PortAddRequest, id: &str) -> Result<MacAddr, ApiError> {
+    fn validate_port(&self, r: &PortAdd, id: &str) -> Result<MacAddr, ApiError> {
         let bad = |m: String| err(ErrorKind::BadRequest, m);
         validate_ifname(&r.ifname).map_err(|m| bad(format!("ifname: {m}")))?;
         validate_name(&r.network).map_err(|m| bad(format!("network: {m}")))?;
@@ -517,11 +528,7 @@ impl Daemon {
         Ok(mac)
     }
 
-    fn port_add(
-        &mut self,
-        r: PortAddRequest,
-        container_id: Option<String>,
-    ) -> Result<PortInfo, ApiError> {
+    fn port_add(&mut self, r: PortAdd, container_id: Option<String>) -> Result<PortInfo, ApiError> {
         let id =
             r.id.clone()
                 .unwrap_or_else(|| format!("{}:{}", r.netns, r.ifname));
@@ -539,7 +546,7 @@ impl Daemon {
 
         fn pod_if<'a>(
             tmp: &'a str,
-            r: &'a PortAddRequest,
+            r: &'a PortAdd,
             mac: MacAddr,
             conf: &'a NetworkConfig,
             mtu: u16,
@@ -690,7 +697,7 @@ impl Daemon {
 
     /// CNI ADD: network on first use, addresses (durably assigned before any interface exists),
     /// then the port. A failure undoes every step taken for this request.
-    fn cni_add(&mut self, r: CniAddRequest) -> Result<CniAddReply, ApiError> {
+    fn cni_add(&mut self, r: CniAdd) -> Result<CniAddReply, ApiError> {
         validate_name(&r.domain)
             .map_err(|m| err(ErrorKind::InvalidConfig, format!("domain: {m}")))?;
         let id = Self::cni_port_id(&r.container_id, &r.ifname);
@@ -792,7 +799,7 @@ impl Daemon {
             }
             created_network = true;
         }
-        let req = PortAddRequest {
+        let req = PortAdd {
             id: Some(id.clone()),
             netns: r.netns.clone(),
             network: r.domain.clone(),
@@ -1273,7 +1280,11 @@ impl Daemon {
             .into_iter()
             .map(|(r, n)| (r.name().to_string(), n))
             .collect();
-        StatsReply { ports, drops }
+        self.stats_more(StatsReply {
+            ports,
+            drops,
+            ..Default::default()
+        })
     }
 }
 
@@ -1302,7 +1313,7 @@ fn ipam_err(e: IpamError) -> ApiError {
     err(kind, e.to_string())
 }
 
-fn pod_if_err(r: &PortAddRequest, e: netconf::NetconfError) -> ApiError {
+fn pod_if_err(r: &PortAdd, e: netconf::NetconfError) -> ApiError {
     if e.is_exists() {
         return err(
             ErrorKind::PortExists,

@@ -1,7 +1,6 @@
-//! The control plane: the API served on the control socket, the daemon state behind it, and the
+//! The control plane: the API (crate `vswitch_api`) served on the control socket, the daemon state behind it, and the
 //! interface plumbing it drives.
 
-pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod ipam;

@@ -201,8 +201,8 @@ pub fn delete_link(name: &str) {
 }
 
 /// Reads what `ifname` in `netns` looks like now (MAC, IPv4 addresses, IPv4 routes), for CNI CHECK.
-pub fn observe(netns: &Path, ifname: &str) -> super::api::ObservedInterface {
-    let mut o = super::api::ObservedInterface::default();
+pub fn observe(netns: &Path, ifname: &str) -> vswitch_api::ObservedInterface {
+    let mut o = vswitch_api::ObservedInterface::default();
     let Ok(addr) = ip_in(netns, &["-j", "addr", "show", "dev", ifname]) else {
         return o;
     };

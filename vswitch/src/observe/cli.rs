@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::event::{
-    decode_hex, encode_hex, InjectReply, InjectRequest, TraceEnd, TraceEvent, TraceKind, TraceLine,
-    TraceRequest, TraceStarted,
-};
 use super::filter::Test;
 use super::pcapng::{read_frames, CaptureWriter};
+use vswitch_api::trace::{
+    decode_hex, encode_hex, Inject as InjectRequest, InjectReply, Trace as TraceRequest, TraceEnd,
+    TraceEvent, TraceKind, TraceLine, TraceStarted,
+};
+use vswitch_api::Request;
 
 /// Packets a trace shows unless `--count` or `--follow` says otherwise.
 pub const DEFAULT_COUNT: u64 = 10;
@@ -118,13 +119,9 @@ fn timeout_ms(secs: Option<f64>) -> anyhow::Result<Option<u64>> {
     }
 }
 
-/// A request with its `op` tag, as the control socket takes it.
-fn tagged(op: &str, body: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
-    let mut v = serde_json::to_value(body)?;
-    if let serde_json::Value::Object(m) = &mut v {
-        m.insert("op".into(), op.into());
-    }
-    let mut line = serde_json::to_vec(&v)?;
+/// A request line as the control socket takes it.
+fn request_line(req: impl Into<Request>) -> anyhow::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&req.into())?;
     line.push(b'\n');
     Ok(line)
 }
@@ -176,7 +173,7 @@ fn session(
 ) -> anyhow::Result<Option<TraceEnd>> {
     let stop = interrupted();
     let s = connect(socket)?;
-    (&s).write_all(&tagged("trace", req)?)?;
+    (&s).write_all(&request_line(req.clone())?)?;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut r = BufReader::new(&s);
     let mut line = String::new();
@@ -292,7 +289,7 @@ fn inject(socket: &Path, json: bool, a: &TraceArgs) -> anyhow::Result<()> {
     }
     let s = connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    (&s).write_all(&tagged("inject", &req)?)?;
+    (&s).write_all(&request_line(req)?)?;
     let mut line = String::new();
     BufReader::new(&s)
         .read_line(&mut line)
@@ -383,7 +380,7 @@ fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// `vswitchctl stats` for people: the same numbers as the metrics endpoint.
-pub fn stats_tables(s: &super::stats::Stats) -> String {
+pub fn stats_tables(s: &vswitch_api::StatsReply) -> String {
     let mut o = String::new();
     let rows: Vec<Vec<String>> = s
         .ports
@@ -535,7 +532,7 @@ mod tests {
 
     #[test]
     fn requests_carry_their_op() {
-        let l = tagged("trace", &TraceRequest::default()).unwrap();
+        let l = request_line(TraceRequest::default()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&l).unwrap();
         assert_eq!(v["op"], "trace");
         assert_eq!(v["kind"], "trace");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::stats::Stats;
+use vswitch_api::StatsReply as Stats;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 4;

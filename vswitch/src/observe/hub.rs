@@ -349,14 +349,14 @@ impl TraceHub {
     }
 
     /// Sessions running, and records lost to slow readers over the daemon's lifetime.
-    pub fn stats(&self) -> super::stats::TraceStats {
+    pub fn stats(&self) -> vswitch_api::TraceStats {
         let r = self.registry();
         let live: u64 = r
             .sessions
             .iter()
             .map(|s| s.lost.load(Ordering::Relaxed))
             .sum();
-        super::stats::TraceStats {
+        vswitch_api::TraceStats {
             sessions: r.sessions.len() as u64,
             records_lost: self.lost_before.load(Ordering::Relaxed) + live,
         }

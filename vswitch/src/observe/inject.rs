@@ -292,9 +292,9 @@ pub const MAX_INJECT_FRAMES: usize = 256;
 
 /// Serves an inject request: builds or decodes the frames, runs each, names the records.
 pub fn serve(
-    req: &super::event::InjectRequest,
+    req: &vswitch_api::Inject,
     d: &dyn DryRun,
-) -> Result<super::event::InjectReply, String> {
+) -> Result<vswitch_api::InjectReply, String> {
     let (port_id, frames) = match (&req.description, req.frames.is_empty()) {
         (Some(desc), true) => {
             let mut spec = parse_inject(desc).map_err(|e| e.render(desc))?;
@@ -323,7 +323,7 @@ pub fn serve(
                 .iter()
                 .enumerate()
                 .map(|(i, h)| {
-                    super::event::decode_hex(h).ok_or_else(|| format!("frame {i}: not hex"))
+                    vswitch_api::trace::decode_hex(h).ok_or_else(|| format!("frame {i}: not hex"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             (port, frames)
@@ -341,7 +341,7 @@ pub fn serve(
         let names = names.get_or_insert_with(|| d.names());
         events.push(super::render::event(&rec, names, 0));
     }
-    Ok(super::event::InjectReply { events })
+    Ok(vswitch_api::InjectReply { events })
 }
 
 #[cfg(test)]
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn serve_builds_runs_and_names() {
-        use crate::observe::event::{encode_hex, InjectRequest, RxInfo};
+        use vswitch_api::trace::{encode_hex, Inject as InjectRequest, RxInfo};
         let r = serve(
             &InjectRequest {
                 description: Some("in_port=pod-a,ip_dst=10.0.0.6".into()),

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::stats::{Stats, BATCH_BUCKETS};
+use vswitch_api::{StatsReply as Stats, BATCH_BUCKETS};
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -98,10 +98,10 @@ impl Collector for Snapshot {
             [(vec![], gauge_f(s.start_time_secs))],
         )?;
 
-        let port = |p: &super::stats::PortStats| -> Labels {
+        let port = |p: &vswitch_api::PortStats| -> Labels {
             vec![("port", p.id.clone()), ("network", p.network.clone())]
         };
-        type PortField = fn(&super::stats::PortStats) -> u64;
+        type PortField = fn(&vswitch_api::PortStats) -> u64;
         let port_counters: [(&str, &str, PortField); 6] = [
             (
                 "vswitch_port_rx_packets",
@@ -147,7 +147,7 @@ impl Collector for Snapshot {
                 .map(|(r, n)| (vec![("reason", r.clone())], counter(*n))),
         )?;
 
-        let net = |n: &super::stats::NetworkStats| -> Labels { vec![("network", n.name.clone())] };
+        let net = |n: &vswitch_api::NetworkStats| -> Labels { vec![("network", n.name.clone())] };
         family(
             &mut e,
             "vswitch_network_ports",
@@ -217,7 +217,7 @@ impl Collector for Snapshot {
         )?;
 
         let worker =
-            |w: &super::stats::WorkerStats| -> Labels { vec![("worker", w.id.to_string())] };
+            |w: &vswitch_api::WorkerStats| -> Labels { vec![("worker", w.id.to_string())] };
         family(
             &mut e,
             "vswitch_worker_ports",
@@ -290,8 +290,8 @@ impl Collector for Snapshot {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::observe::stats::{FdbCounts, NetworkStats, PeerStats, PortStats, WorkerStats};
     use std::process::{Command, Stdio};
+    use vswitch_api::{FdbCounts, NetworkStats, PeerStats, PortStats, WorkerStats};
 
     pub(crate) fn sample() -> Stats {
         Stats {

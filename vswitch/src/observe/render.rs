@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use super::event::{encode_hex, verdict, Headers, RxInfo, StageInfo, TraceEvent};
 use super::hub::Record;
 use super::matcher::Names;
 use crate::dataplane::fdb::PortIdx;
 use crate::dataplane::trace::{
     Answer, DomainIdx, EntrySource, Lookup, PeerIdx, Rx, Stage, Summary, WireKind,
 };
+use vswitch_api::trace::{encode_hex, verdict, Headers, RxInfo, StageInfo, TraceEvent};
 
 /// Names of the dataplane's indices, as the control plane knows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

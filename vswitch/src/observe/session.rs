@@ -8,10 +8,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::event::{TraceEnd, TraceKind, TraceLine, TraceRequest, TraceStarted};
 use super::hub::{EndReason, Next, SessionHandle, SessionKind, SessionSpec, TraceHub, MAX_SNAPLEN};
 use super::matcher::Matcher;
 use super::render::{event, NameTable};
+use vswitch_api::trace::{Trace as TraceRequest, TraceEnd, TraceKind, TraceLine, TraceStarted};
 
 /// How often an idle session checks that its client is still there.
 const IDLE_CHECK: Duration = Duration::from_millis(200);

@@ -1,5 +1,5 @@
 //! One snapshot of every number the daemon exports: `vswitchctl stats` prints it, the metrics
-//! endpoint renders it (see [`super::metrics`]), so both always show the same numbers.
+//! endpoint renders it (vswitchd's `observe::metrics`), so both always show the same numbers.
 //!
 //! Serialised as the `stats` reply: the first two fields are the reply as it was before, the
 //! others default when absent, so old and new clients and daemons understand each other.
@@ -87,9 +87,9 @@ pub struct TraceStats {
     pub records_lost: u64,
 }
 
-/// Everything, at one moment.
+/// The reply to `stats`: everything, at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
+pub struct StatsReply {
     pub ports: Vec<PortStats>,
     /// Drops by reason, over the daemon's lifetime (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,

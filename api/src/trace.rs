@@ -1,7 +1,10 @@
-//! Trace records as the control socket carries them to `vswitchctl`: names instead of dataplane
-//! indices, one JSON object per packet, and their human rendering (one line per stage).
+//! Packet trace and capture on the control socket: the requests (`trace`, `inject`), what the
+//! daemon streams back (one JSON object per packet, with names instead of dataplane indices),
+//! and their human rendering (one line per stage).
 //!
-//! These types depend on nothing of the dataplane, so the protocol crate can hold them.
+//! A `trace` request is answered with [`TraceStarted`]; then the daemon writes one
+//! [`TraceLine`] per line on the same connection until [`TraceLine::End`] (or the client goes
+//! away: closing the connection ends the session).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -163,8 +166,8 @@ pub enum TraceKind {
 
 /// Starts a trace or capture session; its records stream on the same connection.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct TraceRequest {
-    /// Match expression (see `observe::filter`); empty matches everything.
+pub struct Trace {
+    /// Match expression (see vswitchd's `observe::filter`); empty matches everything.
     #[serde(default)]
     pub filter: String,
     #[serde(default)]
@@ -180,7 +183,7 @@ pub struct TraceRequest {
     pub timeout_ms: Option<u64>,
 }
 
-/// The reply to a [`TraceRequest`]: the session runs.
+/// The reply to a [`Trace`] request: the session runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceStarted {
     /// The filter as the daemon understood it.
@@ -210,8 +213,8 @@ pub enum TraceLine {
 
 /// Runs packets through the live tables without sending them or changing anything.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct InjectRequest {
-    /// A description (`in_port=P,ip_dst=…,icmp`), see `observe::inject`.
+pub struct Inject {
+    /// A description (`in_port=P,ip_dst=…,icmp`), see vswitchd's `observe::inject`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Or frames (hex) received on `port`.
