@@ -169,11 +169,13 @@ mod tests {
         let r = answer(Ping {}, |_| {
             Ok(PingReply {
                 version: "1".into(),
+                workers: 1,
+                io: "epoll".into(),
             })
         });
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"ok":{"version":"1"}}"#
+            r#"{"ok":{"version":"1","workers":1,"io":"epoll"}}"#
         );
         let r = answer(PortDel { id: "x".into() }, |_| {
             Err(ApiError::new(ErrorKind::UnknownPort, "no"))

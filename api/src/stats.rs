@@ -93,6 +93,10 @@ pub struct StatsReply {
     pub ports: Vec<PortStats>,
     /// Drops by reason, over the daemon's lifetime (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,
+    /// Frames the switch consumed as the protocol's peer (MLD reports, router solicitations,
+    /// multicast nobody else listens to): not drops.
+    #[serde(default)]
+    pub absorbed: BTreeMap<String, u64>,
     #[serde(default)]
     pub version: String,
     /// Unix time the daemon started, and seconds since.

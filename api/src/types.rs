@@ -47,6 +47,10 @@ pub struct PortAdd {
     /// Port kind for this pod; default: the network's `attach`. Kinds may be mixed in a network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<AttachKind>,
+    /// The pod is a router: it may send IPv6 router advertisements, redirects, DHCPv6 server
+    /// messages and MLD queries (dropped from other ports).
+    #[serde(default)]
+    pub router: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +161,12 @@ pub struct Done {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingReply {
     pub version: String,
+    /// Dataplane worker threads.
+    #[serde(default)]
+    pub workers: usize,
+    /// The I/O backend the workers run: `io_uring` or `epoll`.
+    #[serde(default)]
+    pub io: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

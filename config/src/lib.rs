@@ -118,6 +118,18 @@ pub struct NetworkConfig {
     /// L3: this node's pod blocks (sub-CIDRs of `subnet`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<Ipv4Net>,
+    /// Checksum and segmentation offloads on pod taps (default on). Off: the pod's kernel
+    /// finishes every segment and checksum, and vswitch segments superframes for it.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub offloads: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Switched or routed network.
@@ -170,6 +182,7 @@ impl NetworkConfig {
             encapsulation: Encapsulation::Ipip,
             mode: EncapMode::Always,
             blocks: Vec::new(),
+            offloads: true,
         }
     }
 
@@ -375,6 +388,13 @@ pub struct DaemonConfig {
     /// Default `info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Dataplane I/O: `auto` (io_uring when the kernel and seccomp allow it, else epoll),
+    /// `io_uring`, or `epoll`.
+    #[serde(default)]
+    pub io: IoBackend,
+    /// Microseconds a worker keeps polling after a busy turn before it sleeps (0: never).
+    #[serde(default = "default_busy_poll")]
+    pub busy_poll_us: u64,
     /// Networks defined at startup.
     #[serde(default, rename = "network")]
     pub networks: Vec<NetworkConfig>,
@@ -387,6 +407,29 @@ pub struct DaemonConfig {
     /// Cluster mode: membership and endpoints in etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+}
+
+/// How dataplane workers do their I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackend {
+    #[default]
+    Auto,
+    #[serde(rename = "io_uring")]
+    IoUring,
+    Epoll,
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "io_uring" | "uring" => Ok(IoBackend::IoUring),
+            "epoll" => Ok(IoBackend::Epoll),
+            o => Err(format!("{o:?} is not one of auto, io_uring, epoll")),
+        }
+    }
 }
 
 /// This node on the underlay.
@@ -507,8 +550,14 @@ fn default_state_dir() -> PathBuf {
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
+fn default_busy_poll() -> u64 {
+    50
+}
+
+/// One core is left to the pods and the kernel; at least one worker.
 fn default_workers() -> usize {
-    1
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).max(1)
 }
 fn default_fdb_aging() -> u64 {
     300
@@ -523,6 +572,8 @@ impl Default for DaemonConfig {
             fdb_aging_secs: default_fdb_aging(),
             metrics_listen: None,
             log_level: None,
+            io: IoBackend::Auto,
+            busy_poll_us: default_busy_poll(),
             networks: Vec::new(),
             node: None,
             peers: Vec::new(),
@@ -594,6 +645,12 @@ impl DaemonConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.busy_poll_us > 10_000 {
+            return Err(ConfigError::invalid(
+                "busy_poll_us",
+                format!("{} is above 10000 (10 ms)", self.busy_poll_us),
+            ));
+        }
         if self.workers == 0 || self.workers > MAX_WORKERS {
             return Err(ConfigError::invalid(
                 "workers",

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 
 pub mod runtimes;
 pub mod topo;
+pub mod transfer;
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 static CAPTURE_COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -112,6 +112,9 @@ enum NetworkCmd {
         /// L3: this node's pod block (repeatable).
         #[arg(long = "block")]
         blocks: Vec<Ipv4Net>,
+        /// Turn checksum/segmentation offloads off on this network's pod taps.
+        #[arg(long)]
+        no_offloads: bool,
     },
     /// Delete a network that has no ports.
     Del { name: String },
@@ -144,6 +147,10 @@ enum PortCmd {
         /// Port kind for this pod (tap or af_packet); default: the network's.
         #[arg(long)]
         attach: Option<AttachKind>,
+        /// Mark the pod as a router: it may send IPv6 router advertisements, redirects, DHCPv6
+        /// server messages and MLD queries (dropped from other ports).
+        #[arg(long)]
+        router: bool,
     },
     /// Detach a pod: remove its interface and FDB entries.
     Del { id: String },
@@ -205,9 +212,11 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 print_json(&v);
             } else {
                 println!(
-                    "vswitchd {} is running ({})",
+                    "vswitchd {} is running ({}); dataplane: {} worker(s), {} I/O",
                     v.version,
-                    cli.socket.display()
+                    cli.socket.display(),
+                    v.workers,
+                    v.io,
                 );
             }
         }
@@ -254,6 +263,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             encapsulation,
             mode,
             blocks,
+            no_offloads,
         }) => {
             let network = NetworkConfig {
                 name: name.clone(),
@@ -267,6 +277,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 encapsulation: *encapsulation,
                 mode: *mode,
                 blocks: blocks.clone(),
+                offloads: !*no_offloads,
             };
             let n = call(cli, NetworkAdd { network })?;
             if cli.json {
@@ -287,6 +298,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             ips,
             routes,
             attach,
+            router,
         }) => {
             let req = PortAdd {
                 id: id.clone(),
@@ -297,6 +309,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 ips: ips.clone(),
                 routes: routes.clone(),
                 attach: *attach,
+                router: *router,
             };
             let p = call(cli, req)?;
             if cli.json {

@@ -66,6 +66,20 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(endpoints = ?c.etcd_endpoints, "cluster mode");
         cluster::spawn(c, daemon.clone()).context("start cluster thread")?;
     }
+    {
+        // Housekeeping: underlay neighbours for direct routing.
+        let daemon = daemon.clone();
+        std::thread::Builder::new()
+            .name("vswitch-housekeeping".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                match daemon.lock() {
+                    Ok(mut d) => d.refresh_peer_macs(),
+                    Err(p) => p.into_inner().refresh_peer_macs(),
+                }
+            })
+            .context("start housekeeping thread")?;
+    }
     let _metrics = match metrics_addr {
         Some(addr) => Some(metrics::start(addr, daemon.clone())?),
         None => None,

@@ -16,17 +16,18 @@ use vswitch_config::{
     NetworkKind, NodeConfig, RouteSpec,
 };
 
+use super::device;
 use super::ipam::{Ipam, IpamError};
 use super::netconf::{self, PodIfConfig};
 use crate::dataplane::fdb::{EntryKind, PortIdx};
 use crate::dataplane::pipeline::{
     Dest, DomainConf, DomainIdx, PeerConf, PeerIdx, PortConf, UnderlayConf,
 };
-use crate::dataplane::worker::{self, Command, PortIo, Uplink, WorkerHandle};
-use crate::dataplane::{DropCounters, PortCounters};
-use crate::sys::inet::{self, InetSocket};
-use crate::sys::packet::PacketSocket;
-use crate::sys::tap::Tap;
+use crate::dataplane::port::PortDev;
+use crate::dataplane::underlay::Uplink;
+use crate::dataplane::worker::{Command, WorkerHandle};
+use crate::dataplane::PortCounters;
+use crate::sys::inet;
 use vswitch_api::{
     answer, ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply,
     CniGcReply, CniIpam, Done, ErrorKind, FdbEntryInfo, FdbEntryKind, FdbSource, IpamAllocation,
@@ -49,9 +50,12 @@ struct Port {
     info: PortInfo,
     idx: PortIdx,
     netns: PathBuf,
-    counters: Arc<PortCounters>,
+    /// One set per worker (each worker counts what it handled).
+    counters: Vec<Arc<PortCounters>>,
+    /// AF_PACKET: frames the kernel dropped in front of the socket so far.
+    kernel_drops: std::sync::atomic::AtomicU64,
     /// Keeps the device open; dropping the last reference closes it (a tap then disappears).
-    io: Option<Arc<PortIo>>,
+    dev: Option<PortDev>,
 }
 
 pub struct Daemon {
@@ -59,7 +63,6 @@ pub struct Daemon {
     networks: BTreeMap<String, Network>,
     ports: BTreeMap<String, Port>,
     workers: Vec<WorkerHandle>,
-    drops: Arc<DropCounters>,
     free_domains: BTreeSet<DomainIdx>,
     next_domain: DomainIdx,
     free_ports: BTreeSet<PortIdx>,
@@ -107,6 +110,8 @@ struct Peer {
     spec: PeerSpec,
     idx: PeerIdx,
     source: PeerSource,
+    /// Its underlay MAC, for peers on our segment (direct routing through AF_PACKET).
+    mac: Option<MacAddr>,
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -139,19 +144,24 @@ impl Daemon {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
-        let drops = Arc::new(DropCounters::default());
-        let mut workers = Vec::new();
-        for id in 0..cfg.workers {
-            workers.push(
-                worker::spawn(id, cfg.fdb_aging_secs, drops.clone()).context("start worker")?,
-            );
+        let workers = device::spawn_workers(&cfg).context("start workers")?;
+        tracing::info!(
+            workers = workers.len(),
+            io = workers.first().map_or("none", |w| w.io.name()),
+            "dataplane workers started"
+        );
+        if workers.len() > 1 {
+            // Each worker sees only its own ports' MLD reports: reported groups are flooded.
+            for w in &workers {
+                w.call(Command::SetMldSnooping(false))
+                    .context("configure worker")?;
+            }
         }
         let mut d = Daemon {
             cfg: cfg.clone(),
             networks: BTreeMap::new(),
             ports: BTreeMap::new(),
             workers,
-            drops,
             free_domains: BTreeSet::new(),
             next_domain: 0,
             free_ports: BTreeSet::new(),
@@ -213,6 +223,12 @@ impl Daemon {
             Request::Ping(r) => answer(r, |_| {
                 Ok(PingReply {
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    workers: self.workers.len(),
+                    io: self
+                        .workers
+                        .first()
+                        .map_or("none", |w| w.io.name())
+                        .to_string(),
                 })
             }),
             Request::NetworkList(r) => answer(r, |_| Ok(self.network_list())),
@@ -568,8 +584,7 @@ impl Daemon {
             vswitch_config::AttachKind::Tap => {
                 let tmp = self.next_link_name("vst");
                 // Created inside the pod's namespace: no device move needed afterwards.
-                let name = tmp.clone();
-                let tap = crate::sys::netns::run_in_netns(&ns, move || Tap::create(&name))
+                let tap = device::open_tap(&ns, &tmp, conf.offloads)
                     .map_err(|e| {
                         err(
                             ErrorKind::NetnsNotFound,
@@ -581,7 +596,7 @@ impl Daemon {
                     drop(tap); // closing the fd removes the tap wherever it is
                     return Err(pod_if_err(&r, e));
                 }
-                (PortIo::Tap(tap), r.ifname.clone())
+                (tap, r.ifname.clone())
             }
             vswitch_config::AttachKind::AfPacket => {
                 let host = self.next_link_name("vsh");
@@ -591,13 +606,10 @@ impl Daemon {
                 let opened = netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
                     .map_err(|e| pod_if_err(&r, e))
                     .and_then(|_| {
-                        crate::sys::if_index(&host).map_err(|e| sys_err("find host veth", e))
-                    })
-                    .and_then(|i| {
-                        PacketSocket::open(i).map_err(|e| sys_err("open AF_PACKET ring", e))
+                        device::open_packet(&host).map_err(|e| sys_err("open AF_PACKET socket", e))
                     });
                 match opened {
-                    Ok(s) => (PortIo::AfPacket(s), host),
+                    Ok(s) => (s, host),
                     Err(e) => {
                         netconf::delete_link(&host);
                         return Err(e);
@@ -605,17 +617,23 @@ impl Daemon {
                 }
             }
         };
-        let io = Arc::new(io);
+        let dev = io;
         let idx = self.free_ports.pop_first().unwrap_or_else(|| {
             self.next_port += 1;
             self.next_port - 1
         });
         let owner = self.least_loaded_worker();
-        let counters = Arc::new(PortCounters::default());
+        let counters: Vec<Arc<PortCounters>> = self
+            .workers
+            .iter()
+            .map(|_| Arc::new(PortCounters::default()))
+            .collect();
         let pconf = PortConf {
             domain,
             mac,
             ips: r.ips.clone(),
+            ips6: Vec::new(),
+            router: r.router,
             max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
@@ -623,8 +641,8 @@ impl Daemon {
             installed = w.call(Command::AddPort {
                 idx,
                 conf: pconf.clone(),
-                io: io.clone(),
-                counters: counters.clone(),
+                dev: dev.clone(),
+                counters: counters[w.id].clone(),
                 poll: w.id == owner,
             });
             if installed.is_err() {
@@ -649,7 +667,8 @@ impl Daemon {
             idx,
             netns: ns,
             counters,
-            io: Some(io),
+            kernel_drops: Default::default(),
+            dev: Some(dev),
         };
         if let Err(e) = installed {
             self.ports.insert(id.clone(), port);
@@ -678,7 +697,7 @@ impl Daemon {
         let idx = p.idx;
         // Workers first (they drop their references), then the device.
         let res = self.broadcast(|| Command::RemovePort { idx });
-        drop(p.io.take());
+        drop(p.dev.take());
         match p.info.attach {
             vswitch_config::AttachKind::Tap => {}
             vswitch_config::AttachKind::AfPacket => {
@@ -808,6 +827,7 @@ impl Daemon {
             ips: addrs.iter().map(|a| a.ip).collect(),
             routes: routes.clone(),
             attach: r.attach,
+            router: false,
         };
         let added = self
             .port_add(req, Some(r.container_id.clone()))
@@ -926,24 +946,17 @@ impl Daemon {
             ),
             None => None,
         };
-        let direct_rx = match &self.node.underlay_interface {
-            Some(i) => {
-                let idx =
-                    crate::sys::if_index(i).with_context(|| format!("underlay interface {i}"))?;
-                Some(PacketSocket::open(idx).with_context(|| format!("AF_PACKET ring on {i}"))?)
-            }
-            None => None,
-        };
-        let up = Arc::new(Uplink {
+        let up = Arc::new(device::open_uplink(
             local_ip,
-            vxlan_port: self.node.vxlan_port,
-            tx: InetSocket::raw_sender().context("raw IPv4 socket for the underlay")?,
-            vxlan_rx: InetSocket::udp_bound(self.node.vxlan_port)
-                .with_context(|| format!("bind VXLAN UDP port {}", self.node.vxlan_port))?,
-            ipip_rx: InetSocket::raw_receiver(crate::packet::ipv4::PROTO_IPIP)
-                .context("raw IPIP socket")?,
-            direct_rx,
-        });
+            self.node.vxlan_port,
+            self.node.underlay_interface.as_deref(),
+            self.workers.len(),
+        )?);
+        if !up.udp_gso {
+            tracing::warn!(
+                "the kernel lacks UDP_SEGMENT: VXLAN superframes leave one datagram at a time"
+            );
+        }
         self.underlay_mtu = mtu;
         let underlay = UnderlayConf {
             mtu: mtu.unwrap_or(vswitch_config::DEFAULT_MTU),
@@ -997,10 +1010,46 @@ impl Daemon {
         };
         self.broadcast(|| Command::SetPeer { idx, conf })?;
         tracing::info!(peer = %spec.name, ip = %spec.underlay_ip, ?source, same_subnet, "peer up");
-        self.peers
-            .insert(spec.name.clone(), Peer { spec, idx, source });
+        let mac = self.peers.get(&spec.name).and_then(|p| p.mac);
+        self.peers.insert(
+            spec.name.clone(),
+            Peer {
+                spec,
+                idx,
+                source,
+                mac,
+            },
+        );
         self.sync_all_domain_peers();
         Ok(())
+    }
+
+    /// Resolves the underlay MACs of peers on this node's segment and hands changes to the
+    /// workers (direct routing sends whole frames to them). Called periodically.
+    pub fn refresh_peer_macs(&mut self) {
+        let (Some(local), Some(subnet)) = (self.node.underlay_ip, self.node.underlay_subnet) else {
+            return;
+        };
+        if self.node.underlay_interface.is_none() {
+            return;
+        }
+        let mut changed = Vec::new();
+        for p in self.peers.values_mut() {
+            if !subnet.contains(&p.spec.underlay_ip) {
+                continue;
+            }
+            let mac = device::neighbour_mac(p.spec.underlay_ip);
+            if mac.is_none() {
+                device::probe_neighbour(local, p.spec.underlay_ip);
+            }
+            if mac != p.mac {
+                p.mac = mac;
+                changed.push((p.idx, mac));
+            }
+        }
+        for (idx, mac) in changed {
+            let _ = self.broadcast(|| Command::SetPeerMac { idx, mac });
+        }
     }
 
     /// Removes a peer (its lease expired, or it left the config).
@@ -1261,30 +1310,83 @@ impl Daemon {
             .ports
             .values()
             .map(|p| {
-                let c = &p.counters;
+                let sum = |f: fn(&PortCounters) -> &std::sync::atomic::AtomicU64| {
+                    p.counters
+                        .iter()
+                        .map(|c| f(c).load(Ordering::Relaxed))
+                        .sum::<u64>()
+                };
                 PortStats {
                     id: p.info.id.clone(),
                     network: p.info.network.clone(),
-                    rx_packets: c.rx_packets.load(Ordering::Relaxed),
-                    rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
-                    tx_packets: c.tx_packets.load(Ordering::Relaxed),
-                    tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
-                    rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
-                    tx_errors: c.tx_errors.load(Ordering::Relaxed),
+                    rx_packets: sum(|c| &c.rx_packets),
+                    rx_bytes: sum(|c| &c.rx_bytes),
+                    tx_packets: sum(|c| &c.tx_packets),
+                    tx_bytes: sum(|c| &c.tx_bytes),
+                    rx_dropped: sum(|c| &c.rx_dropped),
+                    tx_errors: sum(|c| &c.tx_errors),
                 }
             })
             .collect();
-        let drops = self
-            .drops
-            .snapshot()
-            .into_iter()
-            .map(|(r, n)| (r.name().to_string(), n))
+        let mut drops: BTreeMap<String, u64> = crate::dataplane::DropReason::ALL
+            .iter()
+            .map(|r| {
+                let n = self.workers.iter().map(|w| w.drops.get(*r)).sum();
+                (r.name().to_string(), n)
+            })
             .collect();
+        for (k, v) in self.kernel_drops() {
+            drops.insert(k.to_string(), v);
+        }
+        let mut absorbed: BTreeMap<String, u64> = BTreeMap::new();
+        for w in &self.workers {
+            for (a, n) in w.drops.absorbed() {
+                *absorbed.entry(a.name().to_string()).or_default() += n;
+            }
+        }
         self.stats_more(StatsReply {
             ports,
             drops,
+            absorbed,
             ..Default::default()
         })
+    }
+
+    /// Losses in the kernel in front of us, by where they happen: pod taps' transmit queues
+    /// (the pod sent faster than we read), AF_PACKET sockets' receive buffers, the underlay
+    /// UDP/raw sockets' receive buffers.
+    fn kernel_drops(&self) -> Vec<(&'static str, u64)> {
+        let mut tap = 0;
+        for p in self.ports.values() {
+            match &p.dev {
+                Some(PortDev::Tap(_)) => {
+                    tap += netconf::pod_tx_dropped(&p.netns, &p.info.ifname).unwrap_or(0);
+                }
+                Some(PortDev::Packet(s)) => {
+                    // PACKET_STATISTICS resets on read: keep the running total per port.
+                    p.kernel_drops
+                        .fetch_add(s.take_drops().unwrap_or(0), Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        let packet_total: u64 = self
+            .ports
+            .values()
+            .map(|p| p.kernel_drops.load(Ordering::Relaxed))
+            .sum();
+        let underlay = self.uplink.as_ref().map_or(0, |u| {
+            u.vxlan_rx
+                .iter()
+                .map(|s| s.drops().unwrap_or(0))
+                .sum::<u64>()
+                + u.ipip_rx.drops().unwrap_or(0)
+        });
+        vec![
+            ("kernel_tap_queue_full", tap),
+            ("kernel_af_packet_rcvbuf_full", packet_total),
+            ("kernel_underlay_rcvbuf_full", underlay),
+        ]
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod device;
 pub mod ipam;
 pub mod netconf;
 pub mod server;

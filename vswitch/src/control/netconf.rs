@@ -160,9 +160,8 @@ pub fn delete_link_in(netns: &Path, ifname: &str) {
 /// frames: no IPv6 (no autoconf, no link-local), no ARP replies (IFF_NOARP), strict reverse-path
 /// filtering (pod sources are never routable via it).
 ///
-/// The pod end gets its transmit checksum and segmentation offloads turned off: without
-/// PACKET_VNET_HDR the ring would hand us TCP frames with unfinished checksums and 64 KiB GSO
-/// superframes.
+/// Both ends keep their offloads: the AF_PACKET socket carries the virtio-net header, so TCP
+/// superframes and partial checksums cross it whole.
 pub fn create_host_veth(
     host: &str,
     peer: &str,
@@ -176,15 +175,6 @@ pub fn create_host_veth(
         "mtu", &mtu, "netns", &ns,
     ])?;
     let prepared = (|| {
-        let pod_end = peer.to_string();
-        crate::sys::netns::run_in_netns(netns, move || {
-            crate::sys::ethtool::disable_tx_offloads(&pod_end)
-        })
-        .and_then(|r| r)
-        .map_err(|source| NetconfError::Spawn {
-            cmd: format!("turn off tx offloads of {peer} in {ns}"),
-            source,
-        })?;
         sysctl(&format!("net/ipv6/conf/{host}/disable_ipv6"), "1")?;
         sysctl(&format!("net/ipv4/conf/{host}/rp_filter"), "1")?;
         ip(&["link", "set", "dev", host, "up"])?;
@@ -242,4 +232,37 @@ pub fn observe(netns: &Path, ifname: &str) -> vswitch_api::ObservedInterface {
         }
     }
     o
+}
+
+/// Frames the kernel dropped on `ifname` in `netns` on transmit (for a pod's tap: frames the pod
+/// sent while the tap's queue towards vswitch was full), from the namespace's `/proc/net/dev`.
+pub fn pod_tx_dropped(netns: &Path, ifname: &str) -> std::io::Result<u64> {
+    let name = ifname.to_string();
+    crate::sys::netns::run_in_netns(netns, move || {
+        // /proc/thread-self/net shows the network namespace of this thread.
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+        parse_tx_dropped(&text, &name)
+            .ok_or_else(|| std::io::Error::other(format!("{name} not in /proc/net/dev")))
+    })?
+}
+
+fn parse_tx_dropped(text: &str, ifname: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != ifname {
+            return None;
+        }
+        // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop
+        rest.split_whitespace().nth(11)?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod dev_tests {
+    #[test]
+    fn tx_dropped_column() {
+        let t = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n  eth1:  100 2 0 0 0 0 0 0 200 3 0 917 0 0 0 0\n";
+        assert_eq!(super::parse_tx_dropped(t, "eth1"), Some(917));
+        assert_eq!(super::parse_tx_dropped(t, "eth2"), None);
+    }
 }

@@ -38,12 +38,17 @@ pub struct Entry {
     pub kind: EntryKind,
     /// Seconds on the worker's clock when last seen (learned entries).
     pub last_seen: u64,
+    /// When this worker last told the other workers about the entry.
+    pub shared_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Learn {
-    /// Already known at this port (timestamp refreshed).
-    Refreshed,
+    /// Already known at this port (timestamp refreshed). `share`: time to tell the other
+    /// workers again, so their copies do not age out while traffic keeps it alive here.
+    Refreshed {
+        share: bool,
+    },
     New,
     /// Was learned on another port; moved.
     Moved {
@@ -80,6 +85,7 @@ impl Fdb {
                 port,
                 kind: EntryKind::Static,
                 last_seen: 0,
+                shared_at: 0,
             },
         );
         if matches!(old, Some(e) if e.kind == EntryKind::Learned) {
@@ -118,10 +124,15 @@ impl Fdb {
             Some(e) => {
                 e.last_seen = now;
                 if e.port == port {
-                    Learn::Refreshed
+                    let share = now.saturating_sub(e.shared_at) >= (self.aging_secs / 4).max(1);
+                    if share {
+                        e.shared_at = now;
+                    }
+                    Learn::Refreshed { share }
                 } else {
                     let from = e.port;
                     e.port = port;
+                    e.shared_at = now;
                     Learn::Moved { from }
                 }
             }
@@ -133,6 +144,7 @@ impl Fdb {
                         port,
                         kind: EntryKind::Learned,
                         last_seen: now,
+                        shared_at: now,
                     },
                 );
                 self.learned += 1;
@@ -144,11 +156,17 @@ impl Fdb {
     /// The port for `mac`, ignoring learned entries older than the aging time.
     #[inline]
     pub fn lookup(&self, mac: &MacAddr, now: u64) -> Option<PortIdx> {
+        self.get(mac, now).map(|e| e.port)
+    }
+
+    /// The live entry for `mac` (learned entries older than the aging time are gone).
+    #[inline]
+    pub fn get(&self, mac: &MacAddr, now: u64) -> Option<Entry> {
         let e = self.map.get(mac)?;
         if e.kind == EntryKind::Learned && now.saturating_sub(e.last_seen) > self.aging_secs {
             return None;
         }
-        Some(e.port)
+        Some(*e)
     }
 
     /// Drops expired learned entries (called periodically, not per packet).
@@ -198,11 +216,14 @@ mod tests {
     fn learn_move_age() {
         let mut f = Fdb::new(300, 10);
         assert_eq!(f.learn(mac(2), 1, 100), Learn::New);
-        assert_eq!(f.learn(mac(2), 1, 150), Learn::Refreshed);
-        assert_eq!(f.learn(mac(2), 3, 160), Learn::Moved { from: 1 });
-        assert_eq!(f.lookup(&mac(2), 460), Some(3));
-        assert_eq!(f.lookup(&mac(2), 461), None);
-        f.expire(461);
+        // Other workers hear about a refreshed entry every quarter of the aging time.
+        assert_eq!(f.learn(mac(2), 1, 150), Learn::Refreshed { share: false });
+        assert_eq!(f.learn(mac(2), 1, 176), Learn::Refreshed { share: true });
+        assert_eq!(f.learn(mac(2), 1, 177), Learn::Refreshed { share: false });
+        assert_eq!(f.learn(mac(2), 3, 180), Learn::Moved { from: 1 });
+        assert_eq!(f.lookup(&mac(2), 480), Some(3));
+        assert_eq!(f.lookup(&mac(2), 481), None);
+        f.expire(481);
         assert!(f.is_empty());
         assert_eq!(f.learn(MacAddr::BROADCAST, 1, 0), Learn::Full);
     }

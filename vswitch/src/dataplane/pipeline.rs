@@ -7,15 +7,17 @@
 //! domain by its VNI) or [`Switch::process_routed_in`] (IPIP or direct routing, mapped by the
 //! destination's L3 network); they are only ever delivered to local ports (split horizon).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use vswitch_config::{EncapMode, Encapsulation, Ipv4Net, MacAddr, NetworkKind};
 
-use super::counters::DropReason;
-use super::fdb::{EntryKind, FastMap, Fdb, PortIdx};
+use super::counters::{Absorbed, DropReason};
+use super::fdb::{Entry, EntryKind, FastMap, Fdb, Learn, PortIdx};
+use super::ipv6::{Ip6Domain, Ip6Verdict, McastTo};
+use super::trace::{Answer, EntrySource, Lookup, Off, Stage, Summary, Trace};
+use crate::packet::offload::Offload;
 use crate::packet::{
     arp, encap, ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetFrame, IcmpPacket, Ipv4Packet,
-    Ipv6Packet,
 };
 
 pub type DomainIdx = u32;
@@ -77,6 +79,14 @@ pub enum Verdict {
         peer: PeerIdx,
         wire: Wire,
     },
+    /// Consumed by the switch (MLD report, router solicitation...): counted, not a drop.
+    Absorb(Absorbed),
+    /// IPv6 multicast: to the local ports [`Switch::mcast_targets`] lists and, if `peers`, to
+    /// the domain's peers.
+    Multicast {
+        to: McastTo,
+        peers: bool,
+    },
 }
 
 /// A port as the pipeline sees it.
@@ -85,6 +95,10 @@ pub struct PortConf {
     pub domain: DomainIdx,
     pub mac: MacAddr,
     pub ips: Vec<Ipv4Addr>,
+    /// Assigned IPv6 addresses, beside the link-local derived from `mac` (dataplane/ipv6.rs).
+    pub ips6: Vec<Ipv6Addr>,
+    /// May send router advertisements, redirects, DHCPv6 server messages, MLD queries.
+    pub router: bool,
     /// MTU + Ethernet header: longer frames are dropped.
     pub max_frame: usize,
 }
@@ -135,6 +149,8 @@ struct Domain {
     /// IP → MAC of this domain's endpoints (local ports, and remote ones from the datastore), for
     /// ARP suppression and L3 delivery.
     endpoints: FastMap<Ipv4Addr, MacAddr>,
+    /// IPv6 endpoints, router ports, MLD snooping.
+    ip6: Ip6Domain,
     fdb: Fdb,
 }
 
@@ -171,6 +187,10 @@ pub struct Switch {
     underlay: Option<UnderlayConf>,
     aging_secs: u64,
     max_learned: usize,
+    /// Entries learned since the last `take_learned` (shared with the other workers).
+    learned: Vec<LearnEvent>,
+    /// MLD reports steer IPv6 multicast (see `set_mld_snooping`).
+    mld_snooping: bool,
 }
 
 fn slot<T>(v: &mut Vec<Option<T>>, i: u32) -> &mut Option<T> {
@@ -190,6 +210,8 @@ impl Switch {
             underlay: None,
             aging_secs,
             max_learned,
+            learned: Vec::with_capacity(MAX_LEARN_EVENTS),
+            mld_snooping: true,
         }
     }
 
@@ -197,13 +219,21 @@ impl Switch {
         self.underlay = u;
     }
 
+    /// The underlay MTU, when this node has an underlay.
+    pub fn underlay_mtu(&self) -> Option<u16> {
+        self.underlay.map(|u| u.mtu)
+    }
+
     pub fn add_domain(&mut self, idx: DomainIdx, conf: DomainConf) {
+        let mut ip6 = Ip6Domain::default();
+        ip6.set_snooping(self.mld_snooping);
         *slot(&mut self.domains, idx) = Some(Domain {
             conf,
             ports: Vec::new(),
             peers: Vec::new(),
             routes: Vec::new(),
             endpoints: FastMap::default(),
+            ip6,
             fdb: Fdb::new(self.aging_secs, self.max_learned),
         });
     }
@@ -240,6 +270,7 @@ impl Switch {
         for ip in &conf.ips {
             d.endpoints.insert(*ip, conf.mac);
         }
+        d.ip6.add_port(idx, &conf);
         *slot(&mut self.ports, idx) = Some(conf);
         true
     }
@@ -256,6 +287,7 @@ impl Switch {
                     d.endpoints.remove(ip);
                 }
             }
+            d.ip6.remove_port(idx, &conf);
         }
     }
 
@@ -319,6 +351,7 @@ impl Switch {
                 return; // never let a remote record take a local port's MAC
             }
             d.fdb.add_static(mac, Dest::Peer(peer).loc());
+            d.ip6.add_remote(mac);
             if let Some(ip) = ip {
                 d.endpoints.insert(ip, mac);
             }
@@ -334,6 +367,7 @@ impl Switch {
         if let Some(Some(d)) = self.domains.get_mut(domain as usize) {
             if let Some(Dest::Peer(_)) = d.fdb.lookup(&mac, u64::MAX).map(Dest::from_loc) {
                 d.fdb.remove_mac(&mac);
+                d.ip6.remove_remote(mac);
                 if let Some(ip) = ip {
                     if d.endpoints.get(&ip) == Some(&mac) {
                         d.endpoints.remove(&ip);
@@ -350,6 +384,27 @@ impl Switch {
             .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
             .map_or(&[], |d| d.ports.as_slice());
         ports.iter().copied().filter(move |p| *p != in_port)
+    }
+
+    /// Local ports an IPv6 multicast frame from `in_port` goes to ([`Verdict::Multicast`]).
+    pub fn mcast_targets(
+        &self,
+        in_port: PortIdx,
+        to: McastTo,
+    ) -> impl Iterator<Item = PortIdx> + '_ {
+        self.port(in_port)
+            .and_then(|p| self.domains.get(p.domain as usize)?.as_ref())
+            .into_iter()
+            .flat_map(move |d| d.ip6.targets(in_port, to))
+    }
+
+    /// Whether MLD reports steer multicast delivery; off when this switch copy does not see
+    /// every port's reports (several workers).
+    pub fn set_mld_snooping(&mut self, on: bool) {
+        self.mld_snooping = on;
+        for d in self.domains.iter_mut().flatten() {
+            d.ip6.set_snooping(on);
+        }
     }
 
     /// Local ports of a domain (flood of a frame that came from a peer).
@@ -391,8 +446,8 @@ impl Switch {
         }
     }
 
-    /// Runs one frame received on local `in_port` through the pipeline. `frame` may be
-    /// rewritten in place (answers, routing). `vlan_stripped`: the kernel removed a VLAN tag.
+    /// Runs one frame received on local `in_port` through the pipeline (tests and callers
+    /// without offload metadata or tracing).
     pub fn process(
         &mut self,
         in_port: PortIdx,
@@ -400,24 +455,64 @@ impl Switch {
         vlan_stripped: bool,
         now: u64,
     ) -> Verdict {
+        self.ingress(in_port, frame, &Offload::NONE, vlan_stripped, now, &mut Off)
+    }
+
+    /// Runs one frame received on local `in_port` through the pipeline. `frame` may be
+    /// rewritten in place (answers, routing); `off` describes a superframe or a partial
+    /// checksum. `vlan_stripped`: the kernel removed a VLAN tag. Every decision is reported
+    /// to `t`.
+    pub fn ingress<T: Trace>(
+        &mut self,
+        in_port: PortIdx,
+        frame: &mut [u8],
+        off: &Offload,
+        vlan_stripped: bool,
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
+        let v = self.ingress_inner(in_port, frame, off, vlan_stripped, now, t);
+        if let Verdict::Drop(r) = v {
+            t.stage(|| Stage::Drop(r));
+        }
+        v
+    }
+
+    fn ingress_inner<T: Trace>(
+        &mut self,
+        in_port: PortIdx,
+        frame: &mut [u8],
+        off: &Offload,
+        vlan_stripped: bool,
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
         let Some(port) = self.ports.get(in_port as usize).and_then(Option::as_ref) else {
             return Verdict::Drop(DropReason::PortGone);
         };
-        let Some(Some(domain)) = self.domains.get_mut(port.domain as usize) else {
+        let dom_idx = port.domain;
+        let Some(Some(domain)) = self.domains.get_mut(dom_idx as usize) else {
             return Verdict::Drop(DropReason::PortGone);
         };
+        t.stage(|| Stage::Domain(dom_idx));
         if frame.len() < ethernet::HEADER_LEN {
             return Verdict::Drop(DropReason::FrameTooShort);
         }
-        if frame.len() > port.max_frame {
+        if wire_frame_len(frame, off) > port.max_frame {
             return Verdict::Drop(DropReason::FrameTooLong);
+        }
+        if T::ON {
+            let s = summarize(frame);
+            t.stage(|| Stage::Parsed(s));
         }
         let eth = EthernetFrame::new_unchecked(&*frame);
         let (src, dst) = (eth.src(), eth.dst());
         if !src.is_valid_unicast() {
+            t.stage(|| Stage::Guard(Some(DropReason::InvalidSrcMac)));
             return Verdict::Drop(DropReason::InvalidSrcMac);
         }
         if src != port.mac {
+            t.stage(|| Stage::Guard(Some(DropReason::SpoofedSrcMac)));
             return Verdict::Drop(DropReason::SpoofedSrcMac);
         }
         if vlan_stripped {
@@ -433,8 +528,10 @@ impl Switch {
                 let sip = a.sender_ip();
                 if a.sender_mac() != port.mac || !(sip.is_unspecified() || port.ips.contains(&sip))
                 {
+                    t.stage(|| Stage::Guard(Some(DropReason::SpoofedArp)));
                     return Verdict::Drop(DropReason::SpoofedArp);
                 }
+                t.stage(|| Stage::Guard(None));
                 let tip = a.target_ip();
                 let answer = if a.operation() != arp::OP_REQUEST {
                     None
@@ -453,6 +550,7 @@ impl Switch {
                     None
                 };
                 if let Some(mac) = answer {
+                    t.stage(|| Stage::Answered(Answer::Arp { ip: tip, mac }));
                     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
                     eth.set_dst(src);
                     eth.set_src(mac);
@@ -470,17 +568,23 @@ impl Switch {
                     return Verdict::Drop(DropReason::MalformedIpv4);
                 };
                 if !port.ips.contains(&ip.src()) {
+                    t.stage(|| Stage::Guard(Some(DropReason::SpoofedSrcIp)));
                     return Verdict::Drop(DropReason::SpoofedSrcIp);
                 }
+                t.stage(|| Stage::Guard(None));
                 if dst == gw.gateway_mac {
                     if ip.dst() == gw.gateway_ip {
                         if ip.protocol() != ipv4::PROTO_ICMP || ip.is_fragment() {
                             return Verdict::Drop(DropReason::NotForGateway);
                         }
-                        return answer_echo(frame, gw);
+                        let v = answer_echo(frame, gw);
+                        if v == Verdict::Reply {
+                            t.stage(|| Stage::Answered(Answer::Echo));
+                        }
+                        return v;
                     }
                     if l3 {
-                        return route_l3(domain, &self.peers, self.underlay, frame);
+                        return route_l3(domain, &self.peers, self.underlay, frame, off, t);
                     }
                     return Verdict::Drop(DropReason::NotForGateway);
                 }
@@ -489,36 +593,65 @@ impl Switch {
                 }
             }
             EtherType::Ipv6 => {
-                let Ok(ip6) = Ipv6Packet::new_checked(eth.payload()) else {
-                    return Verdict::Drop(DropReason::MalformedIpv6);
-                };
-                let s = ip6.src();
-                // Pods here own no global IPv6 address; link-local (from their MAC) and the
-                // unspecified address (duplicate address detection) are theirs to use.
-                if !(s.is_unspecified() || s.is_unicast_link_local()) {
-                    return Verdict::Drop(DropReason::SpoofedSrcIp);
-                }
-                if l3 {
-                    return Verdict::Drop(DropReason::L3NotRouted);
+                // First-hop security, ND answers, MLD snooping: dataplane/ipv6.rs.
+                let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
+                match domain.ip6.ingress(in_port, port, frame) {
+                    Ip6Verdict::Drop(r) => {
+                        t.stage(|| Stage::Guard(Some(r)));
+                        return Verdict::Drop(r);
+                    }
+                    _ if l3 => return Verdict::Drop(DropReason::L3NotRouted),
+                    Ip6Verdict::Continue => t.stage(|| Stage::Guard(None)),
+                    Ip6Verdict::Reply(n) => return Verdict::ReplyResized(n),
+                    Ip6Verdict::Absorb(a) => return Verdict::Absorb(a),
+                    Ip6Verdict::Multicast { to, peers } => {
+                        let peers = peers && spans;
+                        if !peers && domain.ip6.targets(in_port, to).next().is_none() {
+                            return Verdict::Absorb(Absorbed::McastNoListener);
+                        }
+                        return Verdict::Multicast { to, peers };
+                    }
                 }
             }
             EtherType::Vlan => return Verdict::Drop(DropReason::VlanTagged),
             EtherType::Other(_) => return Verdict::Drop(DropReason::UnsupportedEthertype),
         }
         // L2 forwarding within the domain.
-        domain.fdb.learn(src, Dest::Port(in_port).loc(), now);
+        if t.mutate() {
+            let learned = domain.fdb.learn(src, Dest::Port(in_port).loc(), now);
+            note_learned(
+                &mut self.learned,
+                dom_idx,
+                src,
+                Dest::Port(in_port),
+                learned,
+            );
+        }
         let spans = domain.conf.vni.is_some() && !domain.peers.is_empty();
         if dst.is_multicast() {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: Lookup::Multicast,
+            });
             return Verdict::Flood { peers: spans };
         }
         if dst == gw.gateway_mac {
             return Verdict::Drop(DropReason::NotForGateway);
         }
-        match domain.fdb.lookup(&dst, now).map(Dest::from_loc) {
+        let found = domain.fdb.get(&dst, now);
+        if T::ON {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: lookup_result(found),
+            });
+        }
+        match found.map(|e| Dest::from_loc(e.port)) {
             Some(Dest::Port(p)) if p == in_port => Verdict::Drop(DropReason::Hairpin),
             Some(Dest::Port(p)) => Verdict::Forward(p),
             Some(Dest::Peer(peer)) => match domain.conf.vni {
-                Some(vni) => tunnel_or_too_big(self.underlay, frame, gw, peer, Wire::Vxlan { vni }),
+                Some(vni) => {
+                    tunnel_or_too_big(self.underlay, frame, off, gw, peer, Wire::Vxlan { vni })
+                }
                 None => Verdict::Drop(DropReason::NoRoute),
             },
             None => Verdict::Flood { peers: spans },
@@ -533,24 +666,70 @@ impl Switch {
         frame: &mut [u8],
         now: u64,
     ) -> Verdict {
+        self.tunnel_ingress(domain, peer, frame, now, &mut Off)
+    }
+
+    /// [`Switch::process_tunnel`] reporting to `t`.
+    pub fn tunnel_ingress<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        peer: PeerIdx,
+        frame: &mut [u8],
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
+        let v = self.tunnel_inner(domain, peer, frame, now, t);
+        if let Verdict::Drop(r) = v {
+            t.stage(|| Stage::Drop(r));
+        }
+        v
+    }
+
+    fn tunnel_inner<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        peer: PeerIdx,
+        frame: &mut [u8],
+        now: u64,
+        t: &mut T,
+    ) -> Verdict {
         let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
             return Verdict::Drop(DropReason::UnknownVni);
         };
+        t.stage(|| Stage::Domain(domain));
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Verdict::Drop(DropReason::FrameTooShort);
         };
+        if T::ON {
+            let s = summarize(frame);
+            t.stage(|| Stage::Parsed(s));
+        }
         if d.conf.kind == NetworkKind::L3 {
-            return self.process_routed_in(domain, frame);
+            return self.routed_inner(domain, frame, t);
         }
         let (src, dst) = (eth.src(), eth.dst());
         if !src.is_valid_unicast() {
             return Verdict::Drop(DropReason::InvalidSrcMac);
         }
-        d.fdb.learn(src, Dest::Peer(peer).loc(), now);
+        if t.mutate() {
+            let learned = d.fdb.learn(src, Dest::Peer(peer).loc(), now);
+            note_learned(&mut self.learned, domain, src, Dest::Peer(peer), learned);
+        }
         if dst.is_multicast() {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: Lookup::Multicast,
+            });
             return Verdict::Flood { peers: false };
         }
-        match d.fdb.lookup(&dst, now).map(Dest::from_loc) {
+        let found = d.fdb.get(&dst, now);
+        if T::ON {
+            t.stage(|| Stage::Lookup {
+                mac: dst,
+                result: lookup_result(found),
+            });
+        }
+        match found.map(|e| Dest::from_loc(e.port)) {
             Some(Dest::Port(p)) => Verdict::Forward(p),
             // Split horizon: what came from a peer never goes back to peers.
             Some(Dest::Peer(_)) => Verdict::Drop(DropReason::Hairpin),
@@ -562,6 +741,29 @@ impl Switch {
     /// given as an Ethernet frame whose header the caller reserved: delivered to the local pod
     /// that owns the destination IP, with our gateway MAC as source.
     pub fn process_routed_in(&mut self, domain: DomainIdx, frame: &mut [u8]) -> Verdict {
+        self.routed_ingress(domain, frame, &mut Off)
+    }
+
+    /// [`Switch::process_routed_in`] reporting to `t`.
+    pub fn routed_ingress<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        frame: &mut [u8],
+        t: &mut T,
+    ) -> Verdict {
+        let v = self.routed_inner(domain, frame, t);
+        if let Verdict::Drop(r) = v {
+            t.stage(|| Stage::Drop(r));
+        }
+        v
+    }
+
+    fn routed_inner<T: Trace>(
+        &mut self,
+        domain: DomainIdx,
+        frame: &mut [u8],
+        t: &mut T,
+    ) -> Verdict {
         let Some(Some(d)) = self.domains.get_mut(domain as usize) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
@@ -574,27 +776,165 @@ impl Switch {
         if ip.ttl() <= 1 {
             return Verdict::Drop(DropReason::TtlExpired);
         }
-        let Some(mac) = d.endpoints.get(&ip.dst()).copied() else {
+        let (dst_ip, ttl) = (ip.dst(), ip.ttl() - 1);
+        let Some(mac) = d.endpoints.get(&dst_ip).copied() else {
             return Verdict::Drop(DropReason::NoRoute);
         };
         let Some(Dest::Port(p)) = d.fdb.lookup(&mac, 0).map(Dest::from_loc) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
+        let gw_mac = d.conf.gateway_mac;
+        t.stage(|| Stage::Route {
+            dst: dst_ip,
+            ttl,
+            src_mac: gw_mac,
+            dst_mac: mac,
+            via_peer: None,
+        });
         let mut eth = EthernetFrame::new_unchecked(&mut *frame);
         eth.set_dst(mac);
-        eth.set_src(d.conf.gateway_mac);
+        eth.set_src(gw_mac);
         eth.set_ethertype(EtherType::Ipv4);
         encap::decrement_ttl(&mut frame[ethernet::HEADER_LEN..]);
         Verdict::Forward(p)
     }
+
+    /// Applies an FDB entry another worker learned (it saw the traffic; this worker forwards
+    /// for the same domain and must not flood what is known).
+    pub fn learn_from_worker(&mut self, ev: &LearnEvent, now: u64) {
+        if let Some(Some(d)) = self.domains.get_mut(ev.domain as usize) {
+            let _ = d.fdb.learn(ev.mac, ev.loc, now);
+        }
+    }
+
+    /// FDB entries learned since the last call, for the other workers.
+    pub fn take_learned(&mut self) -> std::vec::Drain<'_, LearnEvent> {
+        self.learned.drain(..)
+    }
+}
+
+/// An FDB entry one worker learned, for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnEvent {
+    pub domain: DomainIdx,
+    pub mac: MacAddr,
+    loc: u32,
+}
+
+/// Most entries a worker queues between two batches (the rest are re-announced on refresh).
+const MAX_LEARN_EVENTS: usize = 1024;
+
+fn note_learned(out: &mut Vec<LearnEvent>, domain: DomainIdx, mac: MacAddr, dest: Dest, l: Learn) {
+    let share = matches!(
+        l,
+        Learn::New | Learn::Moved { .. } | Learn::Refreshed { share: true }
+    );
+    if share && out.len() < MAX_LEARN_EVENTS {
+        out.push(LearnEvent {
+            domain,
+            mac,
+            loc: dest.loc(),
+        });
+    }
+}
+
+fn lookup_result(e: Option<Entry>) -> Lookup {
+    let Some(e) = e else { return Lookup::Miss };
+    let learned = e.kind == EntryKind::Learned;
+    match Dest::from_loc(e.port) {
+        Dest::Port(port) => Lookup::Port {
+            port,
+            source: if learned {
+                EntrySource::Learned
+            } else {
+                EntrySource::Local
+            },
+        },
+        Dest::Peer(peer) => Lookup::Peer {
+            peer,
+            source: if learned {
+                EntrySource::Learned
+            } else {
+                EntrySource::Remote
+            },
+        },
+    }
+}
+
+/// The length of the largest frame that goes on a wire for this buffer: a superframe's segment.
+fn wire_frame_len(frame: &[u8], off: &Offload) -> usize {
+    if !off.is_gso() {
+        return frame.len();
+    }
+    match crate::packet::gso::Layout::of(frame) {
+        Some(l) => (l.payload + usize::from(off.gso_size)).min(frame.len()),
+        None => frame.len(),
+    }
+}
+
+/// Headers of a frame for a trace line (only called for traced packets).
+pub fn summarize(frame: &[u8]) -> Summary {
+    let mut s = Summary {
+        len: frame.len() as u32,
+        ..Summary::default()
+    };
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return s;
+    };
+    s.eth_src = eth.src();
+    s.eth_dst = eth.dst();
+    s.ethertype = u16::from(eth.ethertype());
+    let l4 = match eth.ethertype() {
+        EtherType::Arp => {
+            if let Ok(a) = ArpPacket::new_checked(eth.payload()) {
+                s.ip_src = Some(a.sender_ip().into());
+                s.ip_dst = Some(a.target_ip().into());
+                s.op = Some(a.operation());
+            }
+            None
+        }
+        EtherType::Ipv4 => Ipv4Packet::new_checked(eth.payload()).ok().map(|ip| {
+            s.ip_src = Some(ip.src().into());
+            s.ip_dst = Some(ip.dst().into());
+            s.ip_proto = Some(ip.protocol());
+            s.ttl = Some(ip.ttl());
+            (ip.protocol(), ethernet::HEADER_LEN + ip.header_len())
+        }),
+        EtherType::Ipv6 => crate::packet::Ipv6Packet::new_checked(eth.payload())
+            .ok()
+            .map(|ip| {
+                s.ip_src = Some(ip.src().into());
+                s.ip_dst = Some(ip.dst().into());
+                s.ip_proto = Some(ip.next_header());
+                (
+                    ip.next_header(),
+                    ethernet::HEADER_LEN + crate::packet::ipv6::HEADER_LEN,
+                )
+            }),
+        _ => None,
+    };
+    if let Some((proto, at)) = l4 {
+        let p = frame.get(at..).unwrap_or(&[]);
+        match proto {
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP if p.len() >= 4 => {
+                s.l4_src = Some(u16::from_be_bytes([p[0], p[1]]));
+                s.l4_dst = Some(u16::from_be_bytes([p[2], p[3]]));
+            }
+            ipv4::PROTO_ICMP | 58 if !p.is_empty() => s.op = Some(u16::from(p[0])),
+            _ => {}
+        }
+    }
+    s
 }
 
 /// Routes an IPv4 packet a local pod sent to the gateway MAC in an L3 domain.
-fn route_l3(
+fn route_l3<T: Trace>(
     domain: &Domain,
     peers: &[Option<PeerConf>],
     underlay: Option<UnderlayConf>,
     frame: &mut [u8],
+    off: &Offload,
+    t: &mut T,
 ) -> Verdict {
     let gw = domain.conf;
     let ip_off = ethernet::HEADER_LEN;
@@ -607,6 +947,13 @@ fn route_l3(
     }
     if let Some(mac) = domain.endpoints.get(&dst).copied() {
         if let Some(Dest::Port(p)) = domain.fdb.lookup(&mac, 0).map(Dest::from_loc) {
+            t.stage(|| Stage::Route {
+                dst,
+                ttl: ttl - 1,
+                src_mac: gw.gateway_mac,
+                dst_mac: mac,
+                via_peer: None,
+            });
             let mut eth = EthernetFrame::new_unchecked(&mut *frame);
             eth.set_dst(mac);
             eth.set_src(gw.gateway_mac);
@@ -631,9 +978,17 @@ fn route_l3(
         (false, Encapsulation::Vxlan, Some(vni)) => Wire::Vxlan { vni },
         (false, Encapsulation::Vxlan, None) => return Verdict::Drop(DropReason::NoRoute),
     };
-    if let Verdict::ReplyResized(n) = tunnel_or_too_big(underlay, frame, gw, peer, wire) {
+    if let Verdict::ReplyResized(n) = tunnel_or_too_big(underlay, frame, off, gw, peer, wire) {
+        t.stage(|| Stage::Answered(Answer::FragNeeded { mtu: 0 }));
         return Verdict::ReplyResized(n);
     }
+    t.stage(|| Stage::Route {
+        dst,
+        ttl: ttl - 1,
+        src_mac: gw.gateway_mac,
+        dst_mac: gw.gateway_mac,
+        via_peer: Some(peer),
+    });
     encap::decrement_ttl(&mut frame[ip_off..]);
     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
     eth.set_src(gw.gateway_mac);
@@ -641,18 +996,21 @@ fn route_l3(
     Verdict::Tunnel { peer, wire }
 }
 
-/// `Tunnel`, unless the encapsulated packet would exceed the underlay MTU: then an ICMP
-/// "fragmentation needed" goes back to the sender (never a silent drop).
+/// `Tunnel`, unless the encapsulated packet (for a superframe: each of its segments) would
+/// exceed the underlay MTU: then an ICMP "fragmentation needed" goes back to the sender (never
+/// a silent drop).
 fn tunnel_or_too_big(
     underlay: Option<UnderlayConf>,
     frame: &mut [u8],
+    off: &Offload,
     gw: DomainConf,
     peer: PeerIdx,
     wire: Wire,
 ) -> Verdict {
-    let ip_len = frame.len() - ethernet::HEADER_LEN;
+    let wire_len = wire_frame_len(frame, off);
+    let ip_len = wire_len - ethernet::HEADER_LEN;
     let outer = match wire {
-        Wire::Vxlan { .. } => encap::VXLAN_PUSH + frame.len(),
+        Wire::Vxlan { .. } => encap::VXLAN_PUSH + wire_len,
         Wire::Ipip => encap::IPIP_PUSH + ip_len,
         Wire::Direct => ip_len,
     };
@@ -660,6 +1018,11 @@ fn tunnel_or_too_big(
         return Verdict::Drop(DropReason::NoRoute);
     };
     if outer <= usize::from(u.mtu) {
+        return Verdict::Tunnel { peer, wire };
+    }
+    if off.is_gso() {
+        // The sender's MSS does not fit: the kernel would have sent smaller segments had it
+        // known; segments are cut at the egress to the size that fits instead.
         return Verdict::Tunnel { peer, wire };
     }
     let room = usize::from(u.mtu) - (outer - ip_len);
@@ -672,7 +1035,6 @@ fn tunnel_or_too_big(
         _ => Verdict::Drop(DropReason::MtuExceeded),
     }
 }
-
 /// Turns an ICMP echo request to the gateway into the reply, in place.
 fn answer_echo(frame: &mut [u8], gw: DomainConf) -> Verdict {
     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
@@ -745,6 +1107,8 @@ mod tests {
                     domain: d,
                     mac: m(d, 1),
                     ips: vec![ip(205)],
+                    ips6: vec![],
+                    router: false,
                     max_frame: 1514,
                 },
             );
@@ -754,6 +1118,8 @@ mod tests {
                     domain: d,
                     mac: m(d, 2),
                     ips: vec![ip(11)],
+                    ips6: vec![],
+                    router: false,
                     max_frame: 1514,
                 },
             );
@@ -969,6 +1335,8 @@ mod tests {
                 domain: 0,
                 mac: mac(1),
                 ips: vec![Ipv4Addr::new(10, 244, 1, 5)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -978,6 +1346,8 @@ mod tests {
                 domain: 0,
                 mac: mac(2),
                 ips: vec![Ipv4Addr::new(10, 244, 1, 6)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );
@@ -1166,6 +1536,8 @@ mod tests {
                 domain: 5,
                 mac: mac(1),
                 ips: vec![ip(205)],
+                ips6: vec![],
+                router: false,
                 max_frame: 1514,
             },
         );

@@ -1,11 +1,17 @@
-//! Preallocated packet buffers with headroom, addressed by index.
+//! Preallocated packet buffers with headroom, addressed by index, reference counted.
 //!
-//! One pool per worker, allocated once at start: the fast path never allocates. Each buffer is
-//! large enough for a 64 KiB GSO superframe plus headroom, so outer headers (VXLAN, IPIP) and the
-//! virtio-net header are prepended in place instead of copying the payload. Pages are only touched
-//! when a buffer is first used, so the hot set stays small (buffers are reused LIFO).
+//! One pool per worker, allocated once at start: the fast path never allocates. Each buffer holds
+//! a 64 KiB GSO superframe plus headroom, so the virtio-net header and outer headers fit in front
+//! of a frame without moving it. The memory is a [`BufMem`], which the io_uring layer lends to the
+//! kernel buffer by buffer; access checks there make sharing it with the kernel sound. Pages are
+//! only backed once touched, so the resident set follows the traffic.
 
-/// Space reserved in front of every frame for outer headers and the 12-byte vnet header.
+use std::io;
+
+use crate::packet::offload::Offload;
+use crate::sys::bufmem::BufMem;
+
+/// Space reserved in front of every frame for outer headers and the virtio-net header.
 pub const HEADROOM: usize = 256;
 /// Largest frame a buffer holds (a 64 KiB GSO superframe with its Ethernet header).
 pub const MAX_FRAME: usize = 65536;
@@ -22,20 +28,44 @@ pub struct Desc {
     pub len: u32,
 }
 
+impl Desc {
+    pub fn at(buf: BufIdx, off: usize, len: usize) -> Desc {
+        Desc {
+            buf,
+            off: off as u32,
+            len: len as u32,
+        }
+    }
+
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.off as usize..(self.off + self.len) as usize
+    }
+}
+
+/// A frame queued for transmission, with its offload metadata (a buffer reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxItem {
+    pub desc: Desc,
+    pub off: Offload,
+}
+
 pub struct BufferPool {
-    mem: Vec<u8>,
+    mem: BufMem,
     free: Vec<BufIdx>,
     refs: Vec<u16>,
 }
 
 impl BufferPool {
-    pub fn new(count: usize) -> BufferPool {
-        BufferPool {
-            // calloc-backed: the kernel maps zero pages lazily.
-            mem: vec![0u8; count * BUF_SIZE],
+    pub fn new(count: usize) -> io::Result<BufferPool> {
+        Ok(BufferPool {
+            mem: BufMem::new(count, BUF_SIZE)?,
             free: (0..count as BufIdx).rev().collect(),
             refs: vec![0; count],
-        }
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.refs.len()
     }
 
     pub fn available(&self) -> usize {
@@ -67,55 +97,56 @@ impl BufferPool {
         }
     }
 
+    /// Whether `i` has exactly one holder and the kernel does not use it: it may be rewritten.
+    #[inline]
+    pub fn exclusive(&self, i: BufIdx) -> bool {
+        self.refs[i as usize] == 1 && self.mem.writable(i)
+    }
+
     /// The whole buffer `i` (headroom included).
     #[inline]
     pub fn buf(&self, i: BufIdx) -> &[u8] {
-        let s = i as usize * BUF_SIZE;
-        &self.mem[s..s + BUF_SIZE]
+        self.mem.get(i)
     }
 
+    /// The whole buffer `i` for writing; panics if the kernel uses it.
     #[inline]
     pub fn buf_mut(&mut self, i: BufIdx) -> &mut [u8] {
-        let s = i as usize * BUF_SIZE;
-        &mut self.mem[s..s + BUF_SIZE]
-    }
-
-    /// All buffers as one slice (to hand several distinct buffers to one `recvmmsg`).
-    pub fn all_mut(&mut self) -> &mut [u8] {
-        &mut self.mem
+        self.mem.get_mut(i)
     }
 
     #[inline]
     pub fn frame(&self, d: Desc) -> &[u8] {
-        &self.buf(d.buf)[d.off as usize..(d.off + d.len) as usize]
+        &self.mem.get(d.buf)[d.range()]
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    #[inline]
+    pub fn frame_mut(&mut self, d: Desc) -> &mut [u8] {
+        &mut self.mem.get_mut(d.buf)[d.range()]
+    }
 
-    #[test]
-    fn alloc_release_refcount() {
-        let mut p = BufferPool::new(2);
-        let a = p.alloc().unwrap();
-        let b = p.alloc().unwrap();
-        assert_ne!(a, b);
-        assert!(p.alloc().is_none());
-        p.retain(a);
-        p.release(a);
-        assert_eq!(p.available(), 0);
-        p.release(a);
-        assert_eq!(p.available(), 1);
-        assert_eq!(p.alloc(), Some(a));
-        p.buf_mut(b)[HEADROOM] = 7;
-        assert_eq!(
-            p.frame(Desc {
-                buf: b,
-                off: HEADROOM as u32,
-                len: 1
-            }),
-            &[7]
-        );
+    /// Copies frame `d` into a fresh buffer at [`HEADROOM`] (copy-on-write for a shared frame).
+    pub fn copy(&mut self, d: Desc) -> Option<Desc> {
+        let n = self.alloc()?;
+        self.mem.copy_between(d.buf, d.range(), n, HEADROOM);
+        Some(Desc::at(n, HEADROOM, d.len as usize))
+    }
+
+    /// Appends `src` (a range of buffer `from`) at `at` in buffer `to` (`to` must be ours).
+    pub fn append(&mut self, from: BufIdx, src: std::ops::Range<usize>, to: BufIdx, at: usize) {
+        if from == to {
+            self.mem.get_mut(to).copy_within(src, at);
+        } else {
+            self.mem.copy_between(from, src, to, at);
+        }
+    }
+
+    /// The memory, for the I/O layer.
+    pub fn mem(&self) -> &BufMem {
+        &self.mem
+    }
+
+    pub fn mem_mut(&mut self) -> &mut BufMem {
+        &mut self.mem
     }
 }

@@ -1,71 +1,89 @@
-//! Dataplane worker threads: plain threads (no async on the fast path), each with its own epoll,
-//! buffer pool and copy of the switching tables. The control thread changes tables only through
+//! Dataplane worker threads: plain threads (no async on the fast path), each with its own buffer
+//! pool, tables ([`Switch`]) and I/O backend. The control thread changes tables only through
 //! [`Command`]s that a worker applies between batches, so workers never take a lock and never
 //! block on the control plane.
 //!
-//! Each port is polled for rx by exactly one worker; any worker may transmit to any port (tap
-//! writes and AF_PACKET sends are safe from several threads).
+//! Each port is received from by exactly one worker; any worker may send to any port (tap and
+//! packet-socket writes are safe from several threads, and every flow enters through one port,
+//! so it stays on one worker and in order). What one worker learns into its FDB reaches the
+//! others through lock-free single-producer/single-consumer rings, applied between batches.
+//!
+//! Two backends drive the same [`Engine`]: io_uring (multishot tap reads into a provided-buffer
+//! ring, batched tap writes, multishot poll for every other descriptor, one `io_uring_enter` per
+//! turn) and epoll with `read`/`writev`/`recvmmsg`/`sendmmsg`, used when io_uring is missing or
+//! blocked (container runtimes' seccomp profiles often block it) or when configured.
+//!
+//! Polling is adaptive: after a turn that moved packets the worker keeps polling without
+//! sleeping for a short while (the next packet of a busy flow is usually microseconds away),
+//! then blocks until an event or the housekeeping timeout.
 
-use std::collections::HashMap;
-use std::io::{self, IoSlice};
-use std::net::Ipv4Addr;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::counters::{DropCounters, DropReason, PortCounters};
+use super::counters::{bump, DropCounters, DropReason, PortCounters};
+use super::engine::Engine;
 use super::fdb::PortIdx;
 use super::pipeline::{
-    DomainConf, DomainIdx, FdbRow, PeerConf, PeerIdx, PortConf, Switch, UnderlayConf, Verdict, Wire,
+    DomainConf, DomainIdx, FdbRow, LearnEvent, PeerConf, PeerIdx, PortConf, Switch, UnderlayConf,
 };
-use super::pool::{BufferPool, Desc, HEADROOM, MAX_FRAME};
-use crate::packet::{encap, ethernet, ipv4, EtherType, EthernetFrame, Ipv4Packet};
-use crate::sys::inet::{self, InetSocket};
-use crate::sys::packet::PacketSocket;
+use super::pool::{BufIdx, BufferPool, HEADROOM};
+use super::port::{Port, PortDev, TxIo};
+use super::underlay::{UnderlayTx, Uplink};
+use crate::packet::offload::{Offload, VNET_HDR_LEN};
+use crate::packet::{encap, ipv4};
+use crate::sys::inet;
 use crate::sys::poll::{Epoll, Event, EventFd};
-use crate::sys::tap::{Tap, VNET_HDR_LEN};
+use crate::sys::uring::{self, Completion, Uring};
 
-/// Frames read from one port before moving on (fairness between ports, bounded latency).
+/// Frames read from one tap before moving on (fairness between ports, bounded latency).
 pub const RX_BATCH: usize = 64;
-/// Frames queued for one AF_PACKET port before a `sendmmsg`.
-pub const TX_BATCH: usize = 64;
-/// Ring blocks taken from one AF_PACKET port per poll.
-const RX_BLOCKS: usize = 4;
-const POOL_BUFFERS: usize = 1024;
+/// Buffers per worker: enough for the provided ring, a batch in flight and queued floods.
+const POOL_BUFFERS: usize = 2048;
+/// Buffers lent to the kernel for multishot reads (io_uring).
+const RING_BUFFERS: u16 = 512;
+/// Concurrent io_uring writes per worker.
+const WRITE_SLOTS: usize = 1024;
 const MAX_LEARNED_PER_DOMAIN: usize = 8192;
-const CONTROL_TOKEN: u64 = u64::MAX;
-const VXLAN_TOKEN: u64 = u64::MAX - 1;
-const IPIP_TOKEN: u64 = u64::MAX - 2;
-const DIRECT_TOKEN: u64 = u64::MAX - 3;
+/// Learn events buffered between two workers.
+const LEARN_RING: usize = 4096;
+const CONTROL_TOKEN: u64 = u64::MAX >> 8;
+const VXLAN_TOKEN: u64 = CONTROL_TOKEN - 1;
+const IPIP_TOKEN: u64 = CONTROL_TOKEN - 2;
+const DIRECT_TOKEN: u64 = CONTROL_TOKEN - 3;
+/// Housekeeping (FDB aging) period when idle.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 
-/// The node's underlay sockets: one raw socket sends everything we build (VXLAN, IPIP, direct);
-/// VXLAN arrives on a UDP socket, IPIP on a raw protocol-4 socket, directly routed pod packets
-/// through an AF_PACKET ring on the underlay interface.
-#[derive(Debug)]
-pub struct Uplink {
-    pub local_ip: Ipv4Addr,
-    pub vxlan_port: u16,
-    pub tx: InetSocket,
-    pub vxlan_rx: InetSocket,
-    pub ipip_rx: InetSocket,
-    pub direct_rx: Option<PacketSocket>,
+/// Which I/O backend a worker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// io_uring if the kernel (and seccomp) allow it, else epoll.
+    Auto,
+    Uring,
+    Epoll,
 }
 
-/// The device behind a port.
-#[derive(Debug)]
-pub enum PortIo {
-    Tap(Tap),
-    AfPacket(PacketSocket),
-}
-
-impl PortIo {
-    fn raw_fd(&self) -> i32 {
+impl IoMode {
+    pub fn name(self) -> &'static str {
         match self {
-            PortIo::Tap(t) => t.raw_fd(),
-            PortIo::AfPacket(s) => s.raw_fd(),
+            IoMode::Auto => "auto",
+            IoMode::Uring => "io_uring",
+            IoMode::Epoll => "epoll",
         }
     }
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub aging_secs: u64,
+    pub io: IoMode,
+    /// Keep polling this long after a busy turn before sleeping (0: never spin).
+    pub busy_poll: Duration,
 }
 
 /// A change to a worker's tables.
@@ -80,7 +98,8 @@ pub enum Command {
     AddPort {
         idx: PortIdx,
         conf: PortConf,
-        io: Arc<PortIo>,
+        dev: PortDev,
+        /// This worker's counters for the port.
         counters: Arc<PortCounters>,
         /// This worker owns the port's rx.
         poll: bool,
@@ -113,25 +132,50 @@ pub enum Command {
     AddRemoteEndpoint {
         domain: DomainIdx,
         mac: vswitch_config::MacAddr,
-        ip: Option<Ipv4Addr>,
+        ip: Option<std::net::Ipv4Addr>,
         peer: PeerIdx,
     },
     RemoveRemoteEndpoint {
         domain: DomainIdx,
         mac: vswitch_config::MacAddr,
-        ip: Option<Ipv4Addr>,
+        ip: Option<std::net::Ipv4Addr>,
     },
     /// Flood a gratuitous ARP for each IP of a new port (L2 domains), so that neighbours that
     /// cached an old owner of a reused IP learn the new MAC at once.
     Announce {
         idx: PortIdx,
     },
+    /// The underlay MAC of a peer on this node's segment (for direct routing), once resolved.
+    SetPeerMac {
+        idx: PeerIdx,
+        mac: Option<vswitch_config::MacAddr>,
+    },
+    /// Whether MLD reports steer IPv6 multicast: off with several workers, each of which sees
+    /// only its own ports' reports (until learned state is shared between workers).
+    SetMldSnooping(bool),
     Shutdown,
+}
+
+/// Numbers about a worker's loop, for `vswitchctl stats` and the metrics.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Loop turns that moved at least one packet.
+    pub busy_turns: AtomicU64,
+    /// Frames and underlay datagrams received.
+    pub rx_frames: AtomicU64,
+    /// Nanoseconds spent processing (not waiting).
+    pub busy_ns: AtomicU64,
+    /// Learn events lost because another worker's ring was full.
+    pub learn_dropped: AtomicU64,
 }
 
 /// The control thread's handle on a worker.
 pub struct WorkerHandle {
     pub id: usize,
+    pub drops: Arc<DropCounters>,
+    pub stats: Arc<WorkerStats>,
+    /// The backend the worker actually runs.
+    pub io: IoMode,
     tx: mpsc::Sender<(Command, mpsc::Sender<()>)>,
     wake: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
@@ -159,103 +203,186 @@ impl WorkerHandle {
     }
 }
 
-/// Starts worker `id`.
-pub fn spawn(id: usize, aging_secs: u64, drops: Arc<DropCounters>) -> io::Result<WorkerHandle> {
-    let epoll = Epoll::new()?;
+/// The learn rings between `n` workers: `rings[i]` gives worker `i` its producers towards every
+/// other worker and its consumers from them.
+pub type LearnRings = (
+    Vec<rtrb::Producer<LearnEvent>>,
+    Vec<rtrb::Consumer<LearnEvent>>,
+);
+
+pub fn learn_rings(n: usize) -> Vec<LearnRings> {
+    let mut out: Vec<LearnRings> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let (p, c) = rtrb::RingBuffer::new(LEARN_RING);
+                out[i].0.push(p);
+                out[j].1.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Starts worker `id`. Picks the backend first (io_uring probed, else epoll), so the handle
+/// says which one runs.
+pub fn spawn(id: usize, cfg: WorkerConfig, rings: LearnRings) -> io::Result<WorkerHandle> {
     let wake = Arc::new(EventFd::new()?);
-    epoll.add(wake.raw(), CONTROL_TOKEN)?;
     let (tx, rx) = mpsc::channel();
-    let wake2 = wake.clone();
+    let drops = Arc::new(DropCounters::default());
+    let stats = Arc::new(WorkerStats::default());
+    let mode = match cfg.io {
+        IoMode::Epoll => IoMode::Epoll,
+        IoMode::Uring => {
+            uring::supported()?;
+            IoMode::Uring
+        }
+        IoMode::Auto => match uring::supported() {
+            Ok(()) => IoMode::Uring,
+            Err(e) => {
+                if id == 0 {
+                    tracing::info!("io_uring unavailable ({e}); using epoll");
+                }
+                IoMode::Epoll
+            }
+        },
+    };
+    let (ready_tx, ready_rx) = mpsc::channel::<io::Result<IoMode>>();
+    let (wake2, drops2, stats2) = (wake.clone(), drops.clone(), stats.clone());
     let thread = std::thread::Builder::new()
         .name(format!("vswitch-worker-{id}"))
         .spawn(move || {
-            let mut w = Worker {
-                id,
-                epoll,
-                wake: wake2,
-                commands: rx,
-                switch: Switch::new(aging_secs, MAX_LEARNED_PER_DOMAIN),
-                pool: BufferPool::new(POOL_BUFFERS),
-                ports: Vec::new(),
-                drops,
-                flood_scratch: Vec::with_capacity(64),
-                started: Instant::now(),
-                now: 0,
-                uplink: None,
-                uplink_tx: Vec::with_capacity(inet::BATCH),
-                peer_by_ip: HashMap::new(),
-                vni_domains: HashMap::new(),
-                direct_next_block: 0,
-                peer_scratch: Vec::with_capacity(16),
-            };
-            w.run();
+            let built = Worker::new(id, cfg, mode, wake2, rx, drops2, stats2, rings);
+            match built {
+                Ok(mut w) => {
+                    let _ = ready_tx.send(Ok(w.mode()));
+                    w.run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
         })?;
+    let io = ready_rx
+        .recv()
+        .map_err(|_| io::Error::other("worker thread died while starting"))??;
     Ok(WorkerHandle {
         id,
+        drops,
+        stats,
+        io,
         tx,
         wake,
         thread: Some(thread),
     })
 }
 
-struct WorkerPort {
-    io: Arc<PortIo>,
-    counters: Arc<PortCounters>,
-    polled: bool,
-    /// Next TPACKET_V3 block to read (AF_PACKET ports polled here).
-    next_block: usize,
-    /// Frames waiting for one `sendmmsg` (AF_PACKET ports).
-    pending: Vec<Desc>,
+enum Backend {
+    Uring(Box<Uring>),
+    Epoll(Epoll),
 }
+
+/// Completed-but-unprocessed io_uring events, drained before processing (no allocation: the
+/// vector keeps its capacity).
+type Events = Vec<Completion>;
 
 struct Worker {
     id: usize,
-    epoll: Epoll,
+    engine: Engine,
+    backend: Backend,
     wake: Arc<EventFd>,
     commands: mpsc::Receiver<(Command, mpsc::Sender<()>)>,
-    switch: Switch,
-    pool: BufferPool,
-    ports: Vec<Option<WorkerPort>>,
-    drops: Arc<DropCounters>,
-    flood_scratch: Vec<PortIdx>,
+    stats: Arc<WorkerStats>,
+    learn_tx: Vec<rtrb::Producer<LearnEvent>>,
+    learn_rx: Vec<rtrb::Consumer<LearnEvent>>,
     started: Instant,
-    now: u64,
-    uplink: Option<Arc<Uplink>>,
-    /// Encapsulated or routed packets waiting for one `sendmmsg` (outer packet, peer IP).
-    uplink_tx: Vec<(Desc, Ipv4Addr)>,
-    peer_by_ip: HashMap<Ipv4Addr, PeerIdx>,
-    vni_domains: HashMap<u32, DomainIdx>,
-    direct_next_block: usize,
-    peer_scratch: Vec<Ipv4Addr>,
+    busy_poll: Duration,
+    /// This worker receives from the underlay.
+    uplink_polled: bool,
+    events: Events,
+    /// Packet-socket/underlay descriptors that became readable (io_uring poll completions).
+    ready: Vec<u64>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: usize,
+        cfg: WorkerConfig,
+        mode: IoMode,
+        wake: Arc<EventFd>,
+        commands: mpsc::Receiver<(Command, mpsc::Sender<()>)>,
+        drops: Arc<DropCounters>,
+        stats: Arc<WorkerStats>,
+        rings: LearnRings,
+    ) -> io::Result<Worker> {
+        let pool = BufferPool::new(POOL_BUFFERS)?;
+        let switch = Switch::new(cfg.aging_secs, MAX_LEARNED_PER_DOMAIN);
+        let mut engine = Engine::new(id as u16, switch, pool, drops);
+        let backend = match mode {
+            IoMode::Uring => {
+                let mut ring = Uring::new(
+                    engine.pool.mem(),
+                    RING_BUFFERS,
+                    HEADROOM - VNET_HDR_LEN,
+                    WRITE_SLOTS,
+                )?;
+                ring.poll_multishot(wake.raw(), CONTROL_TOKEN)?;
+                top_up(&mut ring, &mut engine.pool);
+                Backend::Uring(Box::new(ring))
+            }
+            _ => {
+                let ep = Epoll::new()?;
+                ep.add(wake.raw(), CONTROL_TOKEN)?;
+                Backend::Epoll(ep)
+            }
+        };
+        Ok(Worker {
+            id,
+            engine,
+            backend,
+            wake,
+            commands,
+            stats,
+            learn_tx: rings.0,
+            learn_rx: rings.1,
+            started: Instant::now(),
+            busy_poll: cfg.busy_poll,
+            uplink_polled: false,
+            events: Vec::with_capacity(8192),
+            ready: Vec::with_capacity(256),
+        })
+    }
+
+    fn mode(&self) -> IoMode {
+        match self.backend {
+            Backend::Uring(_) => IoMode::Uring,
+            Backend::Epoll(_) => IoMode::Epoll,
+        }
+    }
+
     fn run(&mut self) {
-        let mut events = [Event::EMPTY; 64];
+        tracing::debug!(worker = self.id, io = self.mode().name(), "worker started");
         let mut last_expire = 0;
-        tracing::debug!(worker = self.id, "worker started");
+        let mut busy_until: Option<Instant> = None;
+        let mut epoll_events = [Event::EMPTY; 64];
         loop {
-            let n = match self
-                .epoll
-                .wait(&mut events, Some(Duration::from_millis(500)))
-            {
-                Ok(n) => n,
+            let spin = busy_until.is_some_and(|t| Instant::now() < t);
+            let timeout = if spin { Duration::ZERO } else { IDLE_WAIT };
+            let (moved, control) = match self.turn(timeout, &mut epoll_events) {
+                Ok(x) => x,
                 Err(e) => {
-                    tracing::error!(worker = self.id, "epoll_wait: {e}");
+                    tracing::error!(worker = self.id, "worker I/O: {e}");
                     std::thread::sleep(Duration::from_millis(10));
-                    0
+                    (0, false)
                 }
             };
-            self.now = self.started.elapsed().as_secs();
-            let mut control = false;
-            for ev in &events[..n] {
-                match ev.token() {
-                    CONTROL_TOKEN => control = true,
-                    VXLAN_TOKEN => self.rx_vxlan(),
-                    IPIP_TOKEN => self.rx_ipip(),
-                    DIRECT_TOKEN => self.rx_direct(),
-                    t => self.rx_port(t as PortIdx),
-                }
+            if moved > 0 {
+                busy_until = Some(Instant::now() + self.busy_poll);
+                bump(&self.stats.busy_turns, 1);
+                bump(&self.stats.rx_frames, moved as u64);
+            } else if !spin {
+                busy_until = None;
             }
             if control {
                 self.wake.drain();
@@ -269,689 +396,680 @@ impl Worker {
                     }
                 }
             }
-            if self.now > last_expire {
-                last_expire = self.now;
-                self.switch.expire(self.now);
+            let now = self.started.elapsed().as_secs();
+            self.engine.now = now;
+            if now > last_expire {
+                last_expire = now;
+                self.engine.switch.expire(now);
             }
         }
     }
 
+    /// One loop turn: wait (up to `timeout`), receive, switch, send. Returns the number of
+    /// frames received and whether the control eventfd fired.
+    fn turn(&mut self, timeout: Duration, ev: &mut [Event]) -> io::Result<(usize, bool)> {
+        let t0 = Instant::now();
+        self.apply_learned();
+        let mut moved = 0;
+        let mut control = false;
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        match &mut self.backend {
+            Backend::Epoll(ep) => {
+                let n = ep.wait(ev, Some(timeout))?;
+                ready.extend(ev[..n].iter().map(Event::token));
+            }
+            Backend::Uring(ring) => {
+                ring.submit_and_wait(Some(timeout))?;
+                let mut events = std::mem::take(&mut self.events);
+                events.clear();
+                ring.drain(self.engine.pool.mem_mut(), |c| events.push(c));
+                for c in &events {
+                    match *c {
+                        Completion::Rx { token, buf, len } => {
+                            moved += 1;
+                            self.engine
+                                .rx_port(&mut UringTx(ring), token as PortIdx, buf, len);
+                        }
+                        Completion::TxDone { token, buf, res } => {
+                            self.engine.pool.release(buf);
+                            if res < 0 {
+                                self.engine.drops.inc(DropReason::TxFailed);
+                                if let Some(p) = self.engine.port(token as PortIdx) {
+                                    p.counters.tx_error(1);
+                                }
+                            }
+                        }
+                        Completion::Ready { token } => ready.push(token),
+                        Completion::RxStopped { .. } | Completion::PollStopped { .. } => {}
+                    }
+                }
+                for c in &events {
+                    match *c {
+                        Completion::RxStopped { token, err } => self.rearm_read(token, err),
+                        Completion::PollStopped { token } => self.rearm_poll(token),
+                        _ => {}
+                    }
+                }
+                self.events = events;
+            }
+        }
+        for &token in &ready {
+            match token {
+                CONTROL_TOKEN => control = true,
+                VXLAN_TOKEN => moved += self.rx_vxlan(),
+                IPIP_TOKEN => moved += self.rx_ipip(),
+                DIRECT_TOKEN => moved += self.rx_direct(),
+                t => moved += self.rx_port_ready(t as PortIdx),
+            }
+        }
+        self.ready = ready;
+        self.flush();
+        self.share_learned();
+        if let Backend::Uring(ring) = &mut self.backend {
+            top_up(ring, &mut self.engine.pool);
+        }
+        if moved > 0 {
+            bump(&self.stats.busy_ns, t0.elapsed().as_nanos() as u64);
+        }
+        Ok((moved, control))
+    }
+
+    fn flush(&mut self) {
+        match &mut self.backend {
+            Backend::Uring(ring) => self.engine.flush(&mut UringTx(ring)),
+            Backend::Epoll(_) => self.engine.flush(&mut SyncTx),
+        }
+    }
+
+    fn rearm_read(&mut self, token: u64, err: i32) {
+        let Backend::Uring(ring) = &mut self.backend else {
+            return;
+        };
+        let Some(p) = self.engine.port(token as PortIdx) else {
+            return; // removed (cancelled)
+        };
+        if err == libc::ECANCELED || !p.polled {
+            return;
+        }
+        if let PortDev::Tap(t) = &p.dev {
+            if err != 0 && err != libc::ENOBUFS {
+                tracing::debug!(
+                    worker = self.id,
+                    port = token,
+                    "tap read ended: errno {err}"
+                );
+            }
+            if let Err(e) = ring.read_multishot(t.raw_fd(), token) {
+                tracing::error!(worker = self.id, port = token, "re-arm tap read: {e}");
+            }
+        }
+    }
+
+    fn rearm_poll(&mut self, token: u64) {
+        let Backend::Uring(ring) = &mut self.backend else {
+            return;
+        };
+        let fd = match token {
+            CONTROL_TOKEN => Some(self.wake.raw()),
+            VXLAN_TOKEN | IPIP_TOKEN | DIRECT_TOKEN => {
+                let up = self.engine.uplink.as_ref().map(|u| u.up.clone());
+                up.and_then(|u| match token {
+                    VXLAN_TOKEN => u.vxlan_rx.get(self.id).map(|s| s.raw_fd()),
+                    IPIP_TOKEN => Some(u.ipip_rx.raw_fd()),
+                    _ => u.direct_rx.as_ref().map(|d| d.raw_fd()),
+                })
+            }
+            t => self
+                .engine
+                .port(t as PortIdx)
+                .filter(|p| p.polled)
+                .and_then(|p| p.dev.rx_fd()),
+        };
+        if let Some(fd) = fd {
+            let _ = ring.poll_multishot(fd, token);
+        }
+    }
+
+    /// A readable port in readiness mode (epoll: any port; io_uring: packet sockets).
+    fn rx_port_ready(&mut self, p: PortIdx) -> usize {
+        let Some(port) = self.engine.port(p) else {
+            return 0;
+        };
+        match port.dev.clone() {
+            PortDev::Tap(tap) => {
+                let mut n = 0;
+                for _ in 0..RX_BATCH {
+                    let Some(b) = self.engine.pool.alloc() else {
+                        self.engine.drops.inc(DropReason::BufferPoolEmpty);
+                        break;
+                    };
+                    let buf = self.engine.pool.buf_mut(b);
+                    match tap.read(&mut buf[HEADROOM - VNET_HDR_LEN..]) {
+                        Ok(len) => {
+                            n += 1;
+                            self.with_tx(|e, tx| e.rx_port(tx, p, b, len));
+                        }
+                        Err(e) => {
+                            self.engine.pool.release(b);
+                            if e.kind() != io::ErrorKind::WouldBlock {
+                                tracing::debug!(port = p, "tap read: {e}");
+                            }
+                            break;
+                        }
+                    }
+                }
+                n
+            }
+            PortDev::Packet(sock) => {
+                let mut total = 0;
+                for _ in 0..4 {
+                    let mut bufs = [0 as BufIdx; crate::sys::packet::BATCH];
+                    let k = alloc_many(&mut self.engine.pool, &mut bufs);
+                    if k == 0 {
+                        self.engine.drops.inc(DropReason::BufferPoolEmpty);
+                        break;
+                    }
+                    let mut out = [(0usize, false); crate::sys::packet::BATCH];
+                    let got = self.engine.pool.mem_mut().with_slices_mut(
+                        &bufs[..k],
+                        HEADROOM - VNET_HDR_LEN,
+                        |s| sock.recv_batch(s, &mut out),
+                    );
+                    let got = got.unwrap_or(0);
+                    for (i, b) in bufs[..k].iter().enumerate() {
+                        if i < got {
+                            let (len, vlan) = out[i];
+                            self.with_tx(|e, tx| {
+                                e.rx_port_at(tx, p, *b, HEADROOM - VNET_HDR_LEN, len, vlan)
+                            });
+                        } else {
+                            self.engine.pool.release(*b);
+                        }
+                    }
+                    total += got;
+                    if got < k {
+                        break;
+                    }
+                }
+                total
+            }
+            PortDev::Fake { .. } => 0,
+        }
+    }
+
+    fn with_tx(&mut self, f: impl FnOnce(&mut Engine, &mut dyn TxIo)) {
+        match &mut self.backend {
+            Backend::Uring(ring) => f(&mut self.engine, &mut UringTx(ring)),
+            Backend::Epoll(_) => f(&mut self.engine, &mut SyncTx),
+        }
+    }
+
+    fn rx_vxlan(&mut self) -> usize {
+        let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
+            return 0;
+        };
+        // The 8-byte VXLAN header lands just before HEADROOM, so the inner frame starts there.
+        let at = HEADROOM - encap::VXLAN_HDR_LEN;
+        let mut total = 0;
+        for _ in 0..4 {
+            let mut bufs = [0 as BufIdx; inet::BATCH];
+            let k = alloc_many(&mut self.engine.pool, &mut bufs);
+            if k == 0 {
+                self.engine.drops.inc(DropReason::BufferPoolEmpty);
+                break;
+            }
+            let mut out = [inet::Received::default(); inet::BATCH];
+            let got = self
+                .engine
+                .pool
+                .mem_mut()
+                .with_slices_mut(&bufs[..k], at, |s| match up.vxlan_rx.get(self.id) {
+                    Some(sock) => sock.recv_batch(s, &mut out),
+                    None => Ok(0),
+                })
+                .unwrap_or(0);
+            for (i, b) in bufs[..k].iter().enumerate() {
+                if i < got {
+                    let r = out[i];
+                    self.with_tx(|e, tx| e.rx_vxlan(tx, *b, at, r.len, r.src, r.gro_size));
+                } else {
+                    self.engine.pool.release(*b);
+                }
+            }
+            total += got;
+            if got < k {
+                break;
+            }
+        }
+        total
+    }
+
+    fn rx_ipip(&mut self) -> usize {
+        let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
+            return 0;
+        };
+        // Outer IPv4 header (20 bytes without options) lands before HEADROOM; the inner packet
+        // at HEADROOM, with room for the Ethernet header in front of it.
+        let at = HEADROOM - ipv4::MIN_HEADER_LEN;
+        let mut total = 0;
+        for _ in 0..4 {
+            let mut bufs = [0 as BufIdx; inet::BATCH];
+            let k = alloc_many(&mut self.engine.pool, &mut bufs);
+            if k == 0 {
+                self.engine.drops.inc(DropReason::BufferPoolEmpty);
+                break;
+            }
+            let mut out = [inet::Received::default(); inet::BATCH];
+            let got = self
+                .engine
+                .pool
+                .mem_mut()
+                .with_slices_mut(&bufs[..k], at, |s| up.ipip_rx.recv_batch(s, &mut out))
+                .unwrap_or(0);
+            for (i, b) in bufs[..k].iter().enumerate() {
+                if i < got {
+                    let r = out[i];
+                    self.with_tx(|e, tx| e.rx_ipip(tx, *b, at, r.len, r.src));
+                } else {
+                    self.engine.pool.release(*b);
+                }
+            }
+            self.with_tx(|e, tx| e.gro_flush(tx));
+            total += got;
+            if got < k {
+                break;
+            }
+        }
+        total
+    }
+
+    fn rx_direct(&mut self) -> usize {
+        let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
+            return 0;
+        };
+        let Some(sock) = up.direct_rx.as_ref() else {
+            return 0;
+        };
+        let at = HEADROOM - VNET_HDR_LEN;
+        let mut total = 0;
+        for _ in 0..4 {
+            let mut bufs = [0 as BufIdx; crate::sys::packet::BATCH];
+            let k = alloc_many(&mut self.engine.pool, &mut bufs);
+            if k == 0 {
+                self.engine.drops.inc(DropReason::BufferPoolEmpty);
+                break;
+            }
+            let mut out = [(0usize, false); crate::sys::packet::BATCH];
+            let got = self
+                .engine
+                .pool
+                .mem_mut()
+                .with_slices_mut(&bufs[..k], at, |s| sock.recv_batch(s, &mut out))
+                .unwrap_or(0);
+            for (i, b) in bufs[..k].iter().enumerate() {
+                if i < got {
+                    let len = out[i].0;
+                    self.with_tx(|e, tx| e.rx_direct(tx, *b, at, len));
+                } else {
+                    self.engine.pool.release(*b);
+                }
+            }
+            total += got;
+            if got < k {
+                break;
+            }
+        }
+        total
+    }
+
+    fn apply_learned(&mut self) {
+        let now = self.engine.now;
+        for c in &mut self.learn_rx {
+            while let Ok(ev) = c.pop() {
+                self.engine.switch.learn_from_worker(&ev, now);
+            }
+        }
+    }
+
+    fn share_learned(&mut self) {
+        if self.learn_tx.is_empty() {
+            let _ = self.engine.switch.take_learned().count();
+            return;
+        }
+        let mut lost = 0;
+        let learn_tx = &mut self.learn_tx;
+        for ev in self.engine.switch.take_learned() {
+            for p in learn_tx.iter_mut() {
+                if p.push(ev).is_err() {
+                    lost += 1;
+                }
+            }
+        }
+        if lost > 0 {
+            bump(&self.stats.learn_dropped, lost);
+        }
+    }
+
+    fn register(&mut self, fd: RawFd, token: u64, tap: bool) {
+        let r = match &mut self.backend {
+            Backend::Epoll(ep) => ep.add(fd, token),
+            Backend::Uring(ring) => {
+                let r = if tap {
+                    ring.read_multishot(fd, token)
+                } else {
+                    ring.poll_multishot(fd, token)
+                };
+                r.and_then(|_| ring.submit_and_wait(None))
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(worker = self.id, token, "register descriptor: {e}");
+        }
+    }
+
+    fn unregister(&mut self, fd: RawFd) {
+        let r = match &mut self.backend {
+            Backend::Epoll(ep) => ep.del(fd),
+            Backend::Uring(ring) => ring.cancel_fd(fd).and_then(|_| ring.submit_and_wait(None)),
+        };
+        if let Err(e) = r {
+            tracing::debug!(worker = self.id, "unregister descriptor: {e}");
+        }
+    }
+
     fn apply(&mut self, cmd: Command) {
+        let e = &mut self.engine;
         match cmd {
             Command::AddDomain { idx, conf } => {
                 if let Some(vni) = conf.vni {
-                    self.vni_domains.insert(vni, idx);
+                    e.overlay.set_vni(vni, idx);
                 }
-                self.switch.add_domain(idx, conf);
+                e.switch.add_domain(idx, conf);
             }
             Command::RemoveDomain { idx } => {
-                self.vni_domains.retain(|_, d| *d != idx);
-                self.switch.remove_domain(idx);
+                e.overlay.remove_domain(idx);
+                e.switch.remove_domain(idx);
             }
             Command::SetUplink {
                 uplink,
                 underlay,
                 poll,
             } => {
+                e.switch.set_underlay(Some(underlay));
+                e.uplink = Some(UnderlayTx::new(uplink.clone()));
+                if let Some(s) = uplink.vxlan_rx.get(self.id) {
+                    self.register(s.raw_fd(), VXLAN_TOKEN, false);
+                }
                 if poll {
-                    let socks = [
-                        (uplink.vxlan_rx.raw_fd(), VXLAN_TOKEN),
-                        (uplink.ipip_rx.raw_fd(), IPIP_TOKEN),
-                    ];
-                    for (fd, token) in socks {
-                        if let Err(e) = self.epoll.add(fd, token) {
-                            tracing::error!(worker = self.id, "epoll add uplink: {e}");
-                        }
-                    }
+                    self.uplink_polled = true;
+                    self.register(uplink.ipip_rx.raw_fd(), IPIP_TOKEN, false);
                     if let Some(d) = &uplink.direct_rx {
-                        if let Err(e) = self.epoll.add(d.raw_fd(), DIRECT_TOKEN) {
-                            tracing::error!(worker = self.id, "epoll add underlay ring: {e}");
-                        }
+                        self.register(d.raw_fd(), DIRECT_TOKEN, false);
                     }
                 }
-                self.switch.set_underlay(Some(underlay));
-                self.uplink = Some(uplink);
             }
             Command::SetPeer { idx, conf } => {
-                self.peer_by_ip.retain(|_, p| *p != idx);
-                self.peer_by_ip.insert(conf.underlay_ip, idx);
-                self.switch.set_peer(idx, conf);
+                e.overlay.set_peer(conf.underlay_ip, idx);
+                e.switch.set_peer(idx, conf);
             }
             Command::RemovePeer { idx } => {
-                self.peer_by_ip.retain(|_, p| *p != idx);
-                self.switch.remove_peer(idx);
+                e.set_peer_mac(idx, None);
+                e.overlay.remove_peer(idx);
+                e.switch.remove_peer(idx);
             }
             Command::SetDomainPeers {
                 domain,
                 peers,
                 routes,
-            } => self.switch.set_domain_peers(domain, peers, routes),
+            } => e.switch.set_domain_peers(domain, peers, routes),
             Command::AddRemoteEndpoint {
                 domain,
                 mac,
                 ip,
                 peer,
-            } => self.switch.add_remote_endpoint(domain, mac, ip, peer),
+            } => e.switch.add_remote_endpoint(domain, mac, ip, peer),
             Command::Announce { idx } => self.announce(idx),
             Command::RemoveRemoteEndpoint { domain, mac, ip } => {
-                self.switch.remove_remote_endpoint(domain, mac, ip)
+                e.switch.remove_remote_endpoint(domain, mac, ip)
             }
             Command::AddPort {
                 idx,
                 conf,
-                io,
+                dev,
                 counters,
                 poll,
             } => {
+                e.switch.add_port(idx, conf);
+                let fd = dev.rx_fd();
+                let tap = matches!(dev, PortDev::Tap(_));
+                e.add_port(idx, Port::new(dev, counters, poll));
                 if poll {
-                    if let Err(e) = self.epoll.add(io.raw_fd(), u64::from(idx)) {
-                        tracing::error!(worker = self.id, port = idx, "epoll add: {e}");
+                    if let Some(fd) = fd {
+                        self.register(fd, u64::from(idx), tap);
                     }
                 }
-                self.switch.add_port(idx, conf);
-                let i = idx as usize;
-                if self.ports.len() <= i {
-                    self.ports.resize_with(i + 1, || None);
-                }
-                self.ports[i] = Some(WorkerPort {
-                    io,
-                    counters,
-                    polled: poll,
-                    next_block: 0,
-                    pending: Vec::with_capacity(TX_BATCH),
-                });
             }
             Command::RemovePort { idx } => {
-                self.switch.remove_port(idx);
-                if let Some(p) = self.ports.get_mut(idx as usize).and_then(Option::take) {
-                    if p.polled {
-                        let _ = self.epoll.del(p.io.raw_fd());
-                    }
-                    for d in p.pending {
-                        self.pool.release(d.buf);
-                    }
+                e.switch.remove_port(idx);
+                let fd = e.port(idx).filter(|p| p.polled).and_then(|p| p.dev.rx_fd());
+                if let Some(fd) = fd {
+                    self.unregister(fd);
                 }
+                self.engine.remove_port(idx);
             }
             Command::DumpFdb { domain, reply } => {
-                let _ = reply.send(self.switch.fdb_rows(domain, self.now));
+                let _ = reply.send(e.switch.fdb_rows(domain, e.now));
             }
+            Command::SetMldSnooping(on) => e.switch.set_mld_snooping(on),
+            Command::SetPeerMac { idx, mac } => e.set_peer_mac(idx, mac),
             Command::Shutdown => {}
         }
     }
 
-    /// Reads one batch from port `idx`, switches every frame, then flushes queued tx.
-    fn rx_port(&mut self, idx: PortIdx) {
-        let Some(Some(port)) = self.ports.get(idx as usize) else {
-            return;
-        };
-        let io = port.io.clone();
-        match &*io {
-            PortIo::Tap(tap) => {
-                for _ in 0..RX_BATCH {
-                    let Some(b) = self.pool.alloc() else {
-                        self.drops.inc(DropReason::BufferPoolEmpty);
-                        break;
-                    };
-                    let buf = self.pool.buf_mut(b);
-                    match tap.read(&mut buf[HEADROOM - VNET_HDR_LEN..]) {
-                        Ok(n) if n > VNET_HDR_LEN => {
-                            let d = Desc {
-                                buf: b,
-                                off: HEADROOM as u32,
-                                len: (n - VNET_HDR_LEN) as u32,
-                            };
-                            self.switch_frame(idx, d, false);
-                        }
-                        Ok(_) => {
-                            self.pool.release(b);
-                            self.count_rx_drop(idx, DropReason::FrameTooShort);
-                        }
-                        Err(e) => {
-                            self.pool.release(b);
-                            if e.kind() != io::ErrorKind::WouldBlock {
-                                tracing::debug!(port = idx, "tap read: {e}");
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            PortIo::AfPacket(sock) => {
-                let mut next = port.next_block;
-                sock.rx_blocks(&mut next, RX_BLOCKS, |frame, vlan| {
-                    if frame.len() > MAX_FRAME {
-                        self.count_rx_drop(idx, DropReason::FrameTooLong);
-                        return;
-                    }
-                    let Some(b) = self.pool.alloc() else {
-                        self.drops.inc(DropReason::BufferPoolEmpty);
-                        return;
-                    };
-                    self.pool.buf_mut(b)[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-                    let d = Desc {
-                        buf: b,
-                        off: HEADROOM as u32,
-                        len: frame.len() as u32,
-                    };
-                    self.switch_frame(idx, d, vlan);
-                });
-                if let Some(Some(p)) = self.ports.get_mut(idx as usize) {
-                    p.next_block = next;
-                }
-            }
-        }
-        self.flush_all();
-    }
-
-    fn count_rx_drop(&mut self, idx: PortIdx, r: DropReason) {
-        self.drops.inc(r);
-        if let Some(Some(p)) = self.ports.get(idx as usize) {
-            p.counters
-                .rx_dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn switch_frame(&mut self, in_port: PortIdx, d: Desc, vlan: bool) {
-        if let Some(Some(p)) = self.ports.get(in_port as usize) {
-            p.counters.rx(d.len as usize);
-        }
-        let range = d.off as usize..(d.off + d.len) as usize;
-        let verdict = self.switch.process(
-            in_port,
-            &mut self.pool.buf_mut(d.buf)[range],
-            vlan,
-            self.now,
-        );
-        self.apply_verdict(Some(in_port), None, d, verdict);
-        self.pool.release(d.buf);
-    }
-
+    /// Sends a gratuitous ARP for each IP of port `idx` to the rest of its domain.
     fn announce(&mut self, idx: PortIdx) {
-        let Some(conf) = self.switch.port(idx).cloned() else {
+        let Some(conf) = self.engine.switch.port(idx).cloned() else {
             return;
         };
-        if self
-            .switch
-            .domain_conf(conf.domain)
-            .is_none_or(|d| d.kind != vswitch_config::NetworkKind::L2)
-        {
+        let Some(dc) = self.engine.switch.domain_conf(conf.domain).copied() else {
+            return;
+        };
+        if dc.kind != vswitch_config::NetworkKind::L2 {
             return;
         }
-        let peers = !self.switch.flood_peers(idx).0.is_empty();
         for ip in &conf.ips {
-            let Some(b) = self.pool.alloc() else {
-                self.drops.inc(DropReason::BufferPoolEmpty);
+            let Some(b) = self.engine.pool.alloc() else {
                 return;
             };
-            let f = &mut self.pool.buf_mut(b)[HEADROOM..HEADROOM + 60];
-            f.fill(0);
-            let mut eth = EthernetFrame::new_unchecked(&mut *f);
-            eth.set_dst(vswitch_config::MacAddr::BROADCAST);
-            eth.set_src(conf.mac);
-            eth.set_ethertype(EtherType::Arp);
+            let buf = self.engine.pool.buf_mut(b);
+            let f = &mut buf[HEADROOM..HEADROOM + 42];
+            f[..6].copy_from_slice(&vswitch_config::MacAddr::BROADCAST.0);
+            f[6..12].copy_from_slice(&conf.mac.0);
+            f[12..14].copy_from_slice(&[0x08, 0x06]);
             crate::packet::arp::emit(
-                &mut f[ethernet::HEADER_LEN..],
+                &mut f[14..42],
                 crate::packet::arp::OP_REQUEST,
                 conf.mac,
                 *ip,
                 vswitch_config::MacAddr::ZERO,
                 *ip,
             );
-            let d = Desc {
-                buf: b,
-                off: HEADROOM as u32,
-                len: 60,
-            };
-            self.apply_verdict(Some(idx), None, d, Verdict::Flood { peers });
-            self.pool.release(b);
+            let hdr = Offload::NONE.emit(0);
+            buf[HEADROOM - VNET_HDR_LEN..HEADROOM].copy_from_slice(&hdr);
+            // Through the pipeline as if the port had sent it: flooded in its domain only.
+            self.with_tx(|e, tx| e.rx_port(tx, idx, b, VNET_HDR_LEN + 42));
         }
-        self.flush_all();
+        self.flush();
+    }
+}
+
+/// Fills `bufs` with fresh buffers; returns how many it got.
+fn alloc_many(pool: &mut BufferPool, bufs: &mut [BufIdx]) -> usize {
+    let mut k = 0;
+    while k < bufs.len() {
+        match pool.alloc() {
+            Some(b) => {
+                bufs[k] = b;
+                k += 1;
+            }
+            None => break,
+        }
+    }
+    k
+}
+
+/// Keeps the provided-buffer ring full, leaving buffers for processing.
+fn top_up(ring: &mut Uring, pool: &mut BufferPool) {
+    let reserve = pool.capacity() / 4;
+    while ring.lent_count() < usize::from(RING_BUFFERS) && pool.available() > reserve {
+        let Some(b) = pool.alloc() else { break };
+        if !ring.provide(pool.mem_mut(), b) {
+            pool.release(b);
+            break;
+        }
+    }
+}
+
+/// Synchronous sends: `writev` per tap frame, `sendmmsg` per packet-socket batch (epoll
+/// backend, and the io_uring backend for packet sockets and the underlay).
+pub struct SyncTx;
+
+impl TxIo for SyncTx {
+    fn send_port(
+        &mut self,
+        pool: &mut BufferPool,
+        _idx: PortIdx,
+        port: &mut Port,
+        drops: &DropCounters,
+    ) {
+        send_sync(pool, port, drops);
     }
 
-    /// Carries out a verdict for frame `d`, which came from local port `in_port` or, for frames
-    /// from the underlay, belongs to `tunnel_domain`.
-    fn apply_verdict(
-        &mut self,
-        in_port: Option<PortIdx>,
-        tunnel_domain: Option<DomainIdx>,
-        d: Desc,
-        verdict: Verdict,
-    ) {
-        match verdict {
-            Verdict::Drop(r) => match in_port {
-                Some(p) => self.count_rx_drop(p, r),
-                None => self.drops.inc(r),
-            },
-            Verdict::Forward(p) => self.tx(p, d),
-            Verdict::Reply => {
-                if let Some(p) = in_port {
-                    self.tx(p, d);
-                }
-            }
-            Verdict::ReplyResized(n) => {
-                if let Some(p) = in_port {
-                    self.tx(p, Desc { len: n as u32, ..d });
-                }
-            }
-            Verdict::Flood { peers } => {
-                let mut targets = std::mem::take(&mut self.flood_scratch);
-                targets.clear();
-                match (in_port, tunnel_domain) {
-                    (Some(p), _) => targets.extend(self.switch.flood_targets(p)),
-                    (None, Some(dom)) => targets.extend_from_slice(self.switch.domain_ports(dom)),
-                    (None, None) => {}
-                }
-                for p in &targets {
-                    self.tx(*p, d);
-                }
-                if peers {
-                    if let Some(p) = in_port {
-                        self.flood_to_peers(p, d);
+    fn send_underlay(&mut self, pool: &mut BufferPool, up: &mut UnderlayTx, drops: &DropCounters) {
+        up.send_all(pool, drops);
+    }
+}
+
+fn send_sync(pool: &mut BufferPool, port: &mut Port, drops: &DropCounters) {
+    match &port.dev {
+        PortDev::Tap(tap) => {
+            for it in &port.txq {
+                let hdr = it.off.emit(0);
+                match tap.write(&hdr, pool.frame(it.desc)) {
+                    Ok(_) => port.counters.tx(it.desc.len as usize),
+                    Err(_) => {
+                        port.counters.tx_error(1);
+                        drops.inc(DropReason::TxFailed);
                     }
                 }
-                self.flood_scratch = targets;
             }
-            Verdict::Tunnel { peer, wire } => self.tunnel(peer, wire, d),
+        }
+        PortDev::Packet(sock) => {
+            let n = port.txq.len();
+            let mut start = 0;
+            while start < n {
+                let end = (start + crate::sys::packet::BATCH).min(n);
+                let mut hdrs = [[0u8; VNET_HDR_LEN]; crate::sys::packet::BATCH];
+                for (h, it) in hdrs.iter_mut().zip(&port.txq[start..end]) {
+                    *h = it.off.emit(0);
+                }
+                let mut frames: [(&[u8; VNET_HDR_LEN], &[u8]); crate::sys::packet::BATCH] =
+                    [(&[0u8; VNET_HDR_LEN], &[]); crate::sys::packet::BATCH];
+                for (i, it) in port.txq[start..end].iter().enumerate() {
+                    frames[i] = (&hdrs[i], pool.frame(it.desc));
+                }
+                let want = end - start;
+                let mut sent = 0;
+                while sent < want {
+                    match sock.send_batch(&frames[sent..want]) {
+                        Ok(0) => break,
+                        Ok(k) => sent += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    }
+                }
+                for it in &port.txq[start..start + sent] {
+                    port.counters.tx(it.desc.len as usize);
+                }
+                let failed = (want - sent) as u64;
+                if failed > 0 {
+                    port.counters.tx_error(failed);
+                    for _ in 0..failed {
+                        drops.inc(DropReason::TxFailed);
+                    }
+                }
+                start = end;
+            }
+        }
+        PortDev::Fake { wire, .. } => {
+            for it in &port.txq {
+                port.counters.tx(it.desc.len as usize);
+                if wire.count_only {
+                    bump(&wire.count, 1);
+                } else if let Ok(mut f) = wire.frames.lock() {
+                    f.push((it.off, pool.frame(it.desc).to_vec()));
+                }
+            }
         }
     }
+    for it in port.txq.drain(..) {
+        pool.release(it.desc.buf);
+    }
+}
 
-    /// Head-end replication of a flooded frame to every peer of the ingress port's domain. The
-    /// outer headers of each copy are written into the same headroom one after the other, so
-    /// each copy is sent before the next is built.
-    fn flood_to_peers(&mut self, in_port: PortIdx, d: Desc) {
-        let Some(up) = self.uplink.clone() else {
+/// io_uring sends for taps (writes complete asynchronously; the buffer is released on their
+/// completion), synchronous for the rest.
+struct UringTx<'a>(&'a mut Uring);
+
+impl TxIo for UringTx<'_> {
+    fn send_port(
+        &mut self,
+        pool: &mut BufferPool,
+        idx: PortIdx,
+        port: &mut Port,
+        drops: &DropCounters,
+    ) {
+        let PortDev::Tap(tap) = &port.dev else {
+            send_sync(pool, port, drops);
             return;
         };
-        let (peers, vni) = self.switch.flood_peers(in_port);
-        let mut targets = std::mem::take(&mut self.peer_scratch);
-        targets.clear();
-        targets.extend(
-            peers
-                .iter()
-                .filter_map(|p| self.switch.peer(*p).map(|c| c.underlay_ip)),
-        );
-        let sport = encap::vxlan_src_port(encap::flow_hash(self.pool.frame(d)));
-        for &dst in &targets {
-            let buf = self.pool.buf_mut(d.buf);
-            let start = encap::push_vxlan(
-                buf,
+        let fd = tap.raw_fd();
+        for it in port.txq.drain(..) {
+            let hdr = it.off.emit(0);
+            let d = it.desc;
+            match self.0.writev(
+                pool.mem_mut(),
+                fd,
+                &hdr,
+                d.buf,
                 d.off as usize,
                 d.len as usize,
-                up.local_ip,
-                dst,
-                sport,
-                up.vxlan_port,
-                vni,
-            );
-            let pkt = &buf[start..(d.off + d.len) as usize];
-            if up
-                .tx
-                .send_batch(&[(IoSlice::new(pkt), dst)])
-                .map_or(true, |n| n == 0)
-            {
-                self.drops.inc(DropReason::TxFailed);
-            }
-        }
-        self.peer_scratch = targets;
-    }
-
-    /// Encapsulates (or, for direct routing, strips the Ethernet header of) frame `d` for `peer`
-    /// and queues it for the underlay.
-    fn tunnel(&mut self, peer: PeerIdx, wire: Wire, d: Desc) {
-        // Copies, not an Arc clone: no atomic refcount traffic per packet.
-        let up = self.uplink.as_ref().map(|u| (u.local_ip, u.vxlan_port));
-        let (Some((local_ip, vxlan_port)), Some(pc)) = (up, self.switch.peer(peer).copied()) else {
-            self.drops.inc(DropReason::NoRoute);
-            return;
-        };
-        let (off, len) = (d.off as usize, d.len as usize);
-        let eth = ethernet::HEADER_LEN;
-        let out = match wire {
-            Wire::Vxlan { vni } => {
-                let sport = encap::vxlan_src_port(encap::flow_hash(self.pool.frame(d)));
-                let buf = self.pool.buf_mut(d.buf);
-                let start = encap::push_vxlan(
-                    buf,
-                    off,
-                    len,
-                    local_ip,
-                    pc.underlay_ip,
-                    sport,
-                    vxlan_port,
-                    vni,
-                );
-                Desc {
-                    buf: d.buf,
-                    off: start as u32,
-                    len: (off + len - start) as u32,
-                }
-            }
-            Wire::Ipip => {
-                let buf = self.pool.buf_mut(d.buf);
-                let tos = buf.get(off + eth + 1).copied().unwrap_or(0);
-                let start =
-                    encap::push_ipip(buf, off + eth, len - eth, local_ip, pc.underlay_ip, tos);
-                Desc {
-                    buf: d.buf,
-                    off: start as u32,
-                    len: (off + len - start) as u32,
-                }
-            }
-            Wire::Direct => Desc {
-                buf: d.buf,
-                off: (off + eth) as u32,
-                len: (len - eth) as u32,
-            },
-        };
-        self.pool.retain(d.buf);
-        self.uplink_tx.push((out, pc.underlay_ip));
-        if self.uplink_tx.len() >= inet::BATCH {
-            self.flush_uplink();
-        }
-    }
-
-    fn flush_uplink(&mut self) {
-        if self.uplink_tx.is_empty() {
-            return;
-        }
-        let Some(up) = self.uplink.clone() else {
-            for (d, _) in self.uplink_tx.drain(..) {
-                self.pool.release(d.buf);
-            }
-            return;
-        };
-        let n = self.uplink_tx.len().min(inet::BATCH);
-        let mut msgs = [(IoSlice::new(&[]), Ipv4Addr::UNSPECIFIED); inet::BATCH];
-        for (m, (d, ip)) in msgs.iter_mut().zip(&self.uplink_tx) {
-            *m = (IoSlice::new(self.pool.frame(*d)), *ip);
-        }
-        let mut sent = 0;
-        while sent < n {
-            match up.tx.send_batch(&msgs[sent..n]) {
-                Ok(0) => break,
-                Ok(k) => sent += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!("underlay send: {e}");
-                    // Skip the packet the kernel refused (e.g. EMSGSIZE, no route) and go on.
-                    self.drops.inc(DropReason::TxFailed);
-                    sent += 1;
-                }
-            }
-        }
-        for (d, _) in self.uplink_tx.drain(..) {
-            self.pool.release(d.buf);
-        }
-    }
-
-    /// Receives a batch from `sock` into fresh pool buffers at `off`; calls `f(self, desc, src)`
-    /// for each datagram.
-    fn rx_datagrams(
-        &mut self,
-        which: u64,
-        off: usize,
-        mut f: impl FnMut(&mut Self, Desc, Ipv4Addr),
-    ) {
-        let Some(up) = self.uplink.clone() else {
-            return;
-        };
-        let sock = if which == VXLAN_TOKEN {
-            &up.vxlan_rx
-        } else {
-            &up.ipip_rx
-        };
-        for _ in 0..4 {
-            let mut bufs = [0 as super::pool::BufIdx; inet::BATCH];
-            let mut k = 0;
-            while k < inet::BATCH {
-                match self.pool.alloc() {
-                    Some(b) => {
-                        bufs[k] = b;
-                        k += 1;
-                    }
-                    None => break,
-                }
-            }
-            if k == 0 {
-                self.drops.inc(DropReason::BufferPoolEmpty);
-                return;
-            }
-            let mut out = [(0usize, Ipv4Addr::UNSPECIFIED); inet::BATCH];
-            let mut ranges = [(0usize, 0usize); inet::BATCH];
-            for (r, b) in ranges.iter_mut().zip(&bufs[..k]) {
-                *r = (
-                    *b as usize * super::pool::BUF_SIZE + off,
-                    super::pool::BUF_SIZE - off,
-                );
-            }
-            let got = sock.recv_into(self.pool.all_mut(), &ranges[..k], &mut out);
-            let got = got.unwrap_or_default();
-            for (i, b) in bufs[..k].iter().enumerate() {
-                if i >= got {
-                    self.pool.release(*b);
-                }
-            }
-            for (i, (len, src)) in out[..got].iter().enumerate() {
-                f(
-                    self,
-                    Desc {
-                        buf: bufs[i],
-                        off: off as u32,
-                        len: *len as u32,
-                    },
-                    *src,
-                );
-            }
-            self.flush_all();
-            if got < k {
-                return;
-            }
-        }
-    }
-
-    fn rx_vxlan(&mut self) {
-        // The 8-byte VXLAN header lands just before HEADROOM, so the inner frame starts there.
-        self.rx_datagrams(VXLAN_TOKEN, HEADROOM - encap::VXLAN_HDR_LEN, |w, d, src| {
-            let payload = w.pool.frame(d);
-            let vni = match encap::parse_vxlan(payload) {
-                Ok(v) => v,
+                u64::from(idx),
+            ) {
+                Ok(()) => port.counters.tx(d.len as usize),
                 Err(_) => {
-                    w.drops.inc(DropReason::MalformedTunnel);
-                    w.pool.release(d.buf);
-                    return;
-                }
-            };
-            let Some(&peer) = w.peer_by_ip.get(&src) else {
-                w.drops.inc(DropReason::UnknownPeer);
-                w.pool.release(d.buf);
-                return;
-            };
-            let Some(&dom) = w.vni_domains.get(&vni) else {
-                w.drops.inc(DropReason::UnknownVni);
-                w.pool.release(d.buf);
-                return;
-            };
-            let inner = Desc {
-                buf: d.buf,
-                off: HEADROOM as u32,
-                len: d.len - encap::VXLAN_HDR_LEN as u32,
-            };
-            let now = w.now;
-            let range = inner.off as usize..(inner.off + inner.len) as usize;
-            let verdict =
-                w.switch
-                    .process_tunnel(dom, peer, &mut w.pool.buf_mut(d.buf)[range], now);
-            w.apply_verdict(None, Some(dom), inner, verdict);
-            w.pool.release(d.buf);
-        });
-    }
-
-    fn rx_ipip(&mut self) {
-        // Outer IPv4 header (20 bytes without options) lands before HEADROOM; the inner packet at
-        // HEADROOM, with room for the Ethernet header we write in front of it.
-        self.rx_datagrams(IPIP_TOKEN, HEADROOM - ipv4::MIN_HEADER_LEN, |w, d, src| {
-            let (hl, total) = match encap::outer_ipv4(w.pool.frame(d)) {
-                Ok((_, hl, total)) => (hl, total),
-                Err(_) => {
-                    w.drops.inc(DropReason::MalformedTunnel);
-                    w.pool.release(d.buf);
-                    return;
-                }
-            };
-            if !w.peer_by_ip.contains_key(&src) {
-                w.drops.inc(DropReason::UnknownPeer);
-                w.pool.release(d.buf);
-                return;
-            }
-            let inner_off = d.off as usize + hl;
-            let inner_len = total.min(d.len as usize).saturating_sub(hl);
-            w.deliver_routed(Desc {
-                buf: d.buf,
-                off: (inner_off - ethernet::HEADER_LEN) as u32,
-                len: (inner_len + ethernet::HEADER_LEN) as u32,
-            });
-            w.pool.release(d.buf);
-        });
-    }
-
-    /// Directly routed pod packets arriving on the underlay interface.
-    fn rx_direct(&mut self) {
-        let Some(up) = self.uplink.clone() else {
-            return;
-        };
-        let Some(ring) = &up.direct_rx else { return };
-        let mut next = self.direct_next_block;
-        ring.rx_blocks(&mut next, RX_BLOCKS, |frame, _vlan| {
-            let Ok(eth) = EthernetFrame::new_checked(frame) else {
-                return;
-            };
-            if eth.ethertype() != EtherType::Ipv4 {
-                return;
-            }
-            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-                return;
-            };
-            // Only packets for our L3 networks' pods; everything else on the wire is not ours.
-            if self.switch.l3_domain_for(ip.dst()).is_none() || ip.dst() == up.local_ip {
-                return;
-            }
-            if frame.len() > MAX_FRAME {
-                return;
-            }
-            let Some(b) = self.pool.alloc() else {
-                self.drops.inc(DropReason::BufferPoolEmpty);
-                return;
-            };
-            self.pool.buf_mut(b)[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-            self.deliver_routed(Desc {
-                buf: b,
-                off: HEADROOM as u32,
-                len: frame.len() as u32,
-            });
-            self.pool.release(b);
-        });
-        self.direct_next_block = next;
-        self.flush_all();
-    }
-
-    /// Delivers an IPv4 packet from another node (Ethernet header space at `d.off`) to its pod.
-    fn deliver_routed(&mut self, d: Desc) {
-        let dst = match Ipv4Packet::new_checked(&self.pool.frame(d)[ethernet::HEADER_LEN..]) {
-            Ok(ip) => ip.dst(),
-            Err(_) => {
-                self.drops.inc(DropReason::MalformedTunnel);
-                return;
-            }
-        };
-        let Some(dom) = self.switch.l3_domain_for(dst) else {
-            self.drops.inc(DropReason::NoRoute);
-            return;
-        };
-        let range = d.off as usize..(d.off + d.len) as usize;
-        let verdict = self
-            .switch
-            .process_routed_in(dom, &mut self.pool.buf_mut(d.buf)[range]);
-        self.apply_verdict(None, Some(dom), d, verdict);
-    }
-
-    /// Sends (tap) or queues (AF_PACKET) frame `d` to port `p`. The caller keeps its own
-    /// reference to the buffer; a queued frame takes another.
-    fn tx(&mut self, p: PortIdx, d: Desc) {
-        let Some(Some(port)) = self.ports.get_mut(p as usize) else {
-            self.drops.inc(DropReason::PortGone);
-            return;
-        };
-        match &*port.io {
-            PortIo::Tap(tap) => {
-                let off = d.off as usize;
-                let buf = self.pool.buf_mut(d.buf);
-                // A zero virtio-net header: no checksum offload or GSO requested.
-                buf[off - VNET_HDR_LEN..off].fill(0);
-                match tap.write(&buf[off - VNET_HDR_LEN..off + d.len as usize]) {
-                    Ok(_) => port.counters.tx(d.len as usize),
-                    Err(_) => {
-                        port.counters
-                            .tx_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.drops.inc(DropReason::TxFailed);
+                    // No write slot free: write synchronously instead.
+                    match tap.write(&hdr, pool.frame(d)) {
+                        Ok(_) => port.counters.tx(d.len as usize),
+                        Err(_) => {
+                            port.counters.tx_error(1);
+                            drops.inc(DropReason::TxFailed);
+                        }
                     }
-                }
-            }
-            PortIo::AfPacket(_) => {
-                self.pool.retain(d.buf);
-                port.pending.push(d);
-                if port.pending.len() >= TX_BATCH {
-                    self.flush(p);
+                    pool.release(d.buf);
                 }
             }
         }
     }
 
-    fn flush_all(&mut self) {
-        self.flush_uplink();
-        for p in 0..self.ports.len() {
-            if matches!(&self.ports[p], Some(wp) if !wp.pending.is_empty()) {
-                self.flush(p as PortIdx);
-            }
-        }
+    fn send_underlay(&mut self, pool: &mut BufferPool, up: &mut UnderlayTx, drops: &DropCounters) {
+        up.send_all(pool, drops);
     }
+}
 
-    fn flush(&mut self, p: PortIdx) {
-        let Some(Some(port)) = self.ports.get_mut(p as usize) else {
-            return;
-        };
-        let PortIo::AfPacket(sock) = &*port.io else {
-            return;
-        };
-        let mut slices = [IoSlice::new(&[]); TX_BATCH];
-        let n = port.pending.len().min(TX_BATCH);
-        for (s, d) in slices.iter_mut().zip(&port.pending[..n]) {
-            *s = IoSlice::new(self.pool.frame(*d));
-        }
-        let mut sent = 0;
-        while sent < n {
-            match sock.send_batch(&slices[sent..n]) {
-                Ok(0) => break,
-                Ok(k) => sent += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        for d in &port.pending[..sent] {
-            port.counters.tx(d.len as usize);
-        }
-        let failed = (n - sent) as u64;
-        if failed > 0 {
-            port.counters
-                .tx_errors
-                .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
-            for _ in 0..failed {
-                self.drops.inc(DropReason::TxFailed);
-            }
-        }
-        for d in port.pending.drain(..) {
-            self.pool.release(d.buf);
-        }
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).finish()
     }
 }

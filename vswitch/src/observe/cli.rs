@@ -416,6 +416,15 @@ pub fn stats_tables(s: &vswitch_api::StatsReply) -> String {
         .map(|(k, v)| vec![k.clone(), v.to_string()])
         .collect();
     table(&mut o, &["DROP REASON", "PACKETS"], &rows);
+    if !s.absorbed.is_empty() {
+        o.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .absorbed
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        table(&mut o, &["ABSORBED BY THE SWITCH", "PACKETS"], &rows);
+    }
     if !s.networks.is_empty() {
         o.push('\n');
         let rows: Vec<Vec<String>> = s

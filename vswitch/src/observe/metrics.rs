@@ -147,6 +147,15 @@ impl Collector for Snapshot {
                 .map(|(r, n)| (vec![("reason", r.clone())], counter(*n))),
         )?;
 
+        family(
+            &mut e,
+            "vswitch_absorbed",
+            "Frames the switch consumed as the protocol's peer (not drops), by kind.",
+            s.absorbed
+                .iter()
+                .map(|(r, n)| (vec![("kind", r.clone())], counter(*n))),
+        )?;
+
         let net = |n: &vswitch_api::NetworkStats| -> Labels { vec![("network", n.name.clone())] };
         family(
             &mut e,
@@ -352,6 +361,7 @@ pub(crate) mod tests {
             "# TYPE vswitch_port_rx_packets_total counter",
             r#"vswitch_port_rx_packets_total{port="ns1:eth1",network="blue \"x\""} 10"#,
             r#"vswitch_drops_total{reason="hairpin"} 1"#,
+            r#"vswitch_absorbed_total{kind="mld_report"} 2"#,
             r#"vswitch_fdb_entries{network="blue \"x\"",source="remote"} 3"#,
             r#"vswitch_peer_up{peer="node-b",source="static"} 1"#,
             r#"vswitch_worker_busy_seconds_total{worker="0"} 0.0015"#,

@@ -3,15 +3,21 @@
 //! mutable buffers, and nothing copies the payload. Parsing never panics on any input.
 
 pub mod arp;
+pub mod checksum;
 pub mod encap;
 pub mod ethernet;
+pub mod gro;
+pub mod gso;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod offload;
 
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetFrame};
 pub use icmp::IcmpPacket;
+pub use icmpv6::Icmpv6Packet;
 pub use ipv4::Ipv4Packet;
 pub use ipv6::Ipv6Packet;
 

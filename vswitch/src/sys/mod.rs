@@ -8,12 +8,13 @@
 //! `clippy::undocumented_unsafe_blocks`.
 #![allow(unsafe_code)]
 
-pub mod ethtool;
+pub mod bufmem;
 pub mod inet;
 pub mod netns;
 pub mod packet;
 pub mod poll;
 pub mod tap;
+pub mod uring;
 
 use std::io;
 
