@@ -144,7 +144,8 @@ impl Daemon {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
-        let workers = device::spawn_workers(&cfg).context("start workers")?;
+        let trace = crate::observe::hub::TraceHub::new();
+        let workers = device::spawn_workers(&cfg, &trace).context("start workers")?;
         tracing::info!(
             workers = workers.len(),
             io = workers.first().map_or("none", |w| w.io.name()),
@@ -176,7 +177,7 @@ impl Daemon {
             free_peers: BTreeSet::new(),
             next_peer: 0,
             remote_endpoints: BTreeMap::new(),
-            trace: crate::observe::hub::TraceHub::new(),
+            trace,
             started: std::time::SystemTime::now(),
         };
         d.start_uplink()?;

@@ -319,6 +319,7 @@ pub(crate) mod tests {
                 ("spoofed_src_ip".to_string(), 0),
             ]
             .into(),
+            absorbed: [("mld_report".to_string(), 2)].into(),
             version: "0.1.0".into(),
             start_time_secs: 1.7e9,
             uptime_secs: 12.5,

@@ -9,8 +9,15 @@ use vswitch_api::{
 };
 use vswitch_config::NetworkKind;
 
+use std::net::IpAddr;
+
+use vswitch_config::MacAddr;
+
 use super::{Daemon, PeerSource};
-use crate::observe::hub::TraceHub;
+use crate::dataplane::fdb::PortIdx;
+use crate::dataplane::worker::Command;
+use crate::observe::hub::{Record, TraceHub};
+use crate::observe::inject::{DryRun, InjectDefaults};
 use crate::observe::render::NameTable;
 
 impl Daemon {
@@ -94,6 +101,23 @@ impl Daemon {
                     .count() as u64,
             });
         }
+        for w in &self.workers {
+            let st = &w.stats;
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            s.workers.push(vswitch_api::WorkerStats {
+                id: w.id as u16,
+                ports: self
+                    .ports
+                    .values()
+                    .filter(|p| p.info.worker == w.id)
+                    .count() as u64,
+                batches: load(&st.busy_turns),
+                packets: load(&st.rx_frames),
+                busy_ns: load(&st.busy_ns),
+                batch_sizes: Vec::new(),
+            });
+        }
         s.trace = self.trace.stats();
         s
     }
@@ -103,11 +127,69 @@ impl Daemon {
         self.stats()
     }
 
-    /// A synthetic trace runs on the port's worker with `Recorder::dry_run()`.
-    pub(super) fn inject(&self, _r: &Inject) -> Result<InjectReply, ApiError> {
-        Err(ApiError::new(
-            ErrorKind::Unavailable,
-            "this dataplane cannot run synthetic traces yet (it needs the traced pipeline)",
+    /// A synthetic trace: built or decoded frames, each run on the port's worker with
+    /// `Recorder::dry_run()` (nothing sent, learned or counted).
+    pub(super) fn inject(&self, r: &Inject) -> Result<InjectReply, ApiError> {
+        crate::observe::inject::serve(r, self).map_err(|m| ApiError::new(ErrorKind::BadRequest, m))
+    }
+}
+
+impl DryRun for Daemon {
+    fn port(&self, id: &str) -> Option<(PortIdx, InjectDefaults)> {
+        let p = self.ports.get(id)?;
+        let n = self.networks.get(&p.info.network)?;
+        let mut neighbours: Vec<(IpAddr, MacAddr)> = Vec::new();
+        for q in self
+            .ports
+            .values()
+            .filter(|q| q.info.network == p.info.network)
+        {
+            neighbours.extend(q.info.ips.iter().map(|ip| (IpAddr::V4(*ip), q.info.mac)));
+        }
+        for ((net, mac), (ip, _)) in &self.remote_endpoints {
+            if net == &p.info.network {
+                if let Some(ip) = ip {
+                    neighbours.push((IpAddr::V4(*ip), *mac));
+                }
+            }
+        }
+        // An L3 network routes everything through the gateway.
+        if n.conf.kind == NetworkKind::L3 {
+            neighbours.clear();
+        }
+        Some((
+            p.idx,
+            InjectDefaults {
+                port_mac: p.info.mac,
+                port_ipv4: p.info.ips.first().copied(),
+                gateway_mac: n.conf.gateway_mac(),
+                neighbours,
+            },
         ))
+    }
+
+    fn run(&self, port: PortIdx, frame: Vec<u8>) -> Result<Record, String> {
+        let p = self
+            .ports
+            .values()
+            .find(|p| p.idx == port)
+            .ok_or("the port went away")?;
+        let w = self
+            .workers
+            .get(p.info.worker)
+            .ok_or("the port's worker is gone")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        w.call(Command::DryRun {
+            port,
+            frame,
+            reply: tx,
+        })
+        .map_err(|e| e.to_string())?;
+        rx.try_recv()
+            .map_err(|_| "the worker gave no record".to_string())
+    }
+
+    fn names(&self) -> NameTable {
+        self.trace_names()
     }
 }
