@@ -21,6 +21,7 @@ want ethtool "reads pod interface offloads in the tests"
 want python3-scapy "crafts malformed and spoofed frames (tests/tests/malformed.rs, antispoof.rs)"
 want containernetworking-plugins "host-local and bridge: delegated IPAM and the bench's baseline"
 want etcd-server "etcd for cluster mode (tests/tests/overlay_cluster.rs; only the binary is used)"
+want prometheus "promtool checks the metrics endpoint's output (tests/tests/trace.rs; on a systemd machine the package also starts a Prometheus server on :9090, which the tests never use)"
 # Container runtimes for tests/tests/cni_runtimes.rs: podman 4 with its CNI backend (named
 # explicitly: podman would accept netavark as its network stack), containerd + ctr, runc, and a
 # static busybox for the containers' root filesystem.

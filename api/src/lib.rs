@@ -13,9 +13,13 @@
 #![deny(unsafe_code)]
 
 mod client;
+pub mod stats;
+pub mod trace;
 mod types;
 
 pub use client::{call, Client, ClientError};
+pub use stats::*;
+pub use trace::{Inject, InjectReply, Trace, TraceStarted};
 pub use types::*;
 
 use serde::de::DeserializeOwned;
@@ -74,6 +78,11 @@ requests! {
     PeerList => Vec<PeerInfo>;
     /// Built-in IPAM allocations of a domain.
     IpamShow => Vec<IpamAllocation>;
+    /// Starts a packet trace or capture session; its records then stream on the connection
+    /// (see [`trace`]).
+    Trace => TraceStarted;
+    /// Runs packets through the live tables without sending them (synthetic trace).
+    Inject => InjectReply;
 }
 
 /// What kind of failure a request met; stable strings for scripts and the CNI plugin.

@@ -286,28 +286,3 @@ pub struct PeerInfo {
     /// Its endpoints known from the datastore.
     pub endpoints: usize,
 }
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortStats {
-    pub id: String,
-    pub network: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Frames received on this port and dropped (any reason).
-    pub rx_dropped: u64,
-    /// Frames that could not be written to this port (ring full, device gone).
-    pub tx_errors: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsReply {
-    pub ports: Vec<PortStats>,
-    /// Drops by reason, over the daemon's lifetime (every reason listed, zero or not).
-    pub drops: BTreeMap<String, u64>,
-    /// Frames the switch consumed as the protocol's peer (MLD reports, router solicitations,
-    /// multicast nobody else listens to): not drops.
-    #[serde(default)]
-    pub absorbed: BTreeMap<String, u64>,
-}

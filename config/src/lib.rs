@@ -379,6 +379,15 @@ pub struct DaemonConfig {
     /// Seconds before a learned FDB entry expires.
     #[serde(default = "default_fdb_aging")]
     pub fdb_aging_secs: u64,
+    /// Prometheus metrics endpoint: `host:port`, `[v6]:port`, `:port` or `port` (the last two
+    /// listen on loopback, 127.0.0.1). Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or comma-separated
+    /// `target=level` directives (`info,vswitch::control=debug`). `RUST_LOG`, when set, wins.
+    /// Default `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
     /// Dataplane I/O: `auto` (io_uring when the kernel and seccomp allow it, else epoll),
     /// `io_uring`, or `epoll`.
     #[serde(default)]
@@ -561,6 +570,8 @@ impl Default for DaemonConfig {
             socket: default_socket(),
             workers: default_workers(),
             fdb_aging_secs: default_fdb_aging(),
+            metrics_listen: None,
+            log_level: None,
             io: IoBackend::Auto,
             busy_poll_us: default_busy_poll(),
             networks: Vec::new(),
@@ -571,7 +582,50 @@ impl Default for DaemonConfig {
     }
 }
 
+/// A listen address for a TCP endpoint: `host:port`, `[v6]:port`, or `:port` / `port` on
+/// loopback (an endpoint is only reachable from elsewhere when the operator says so).
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok((Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not host:port, [v6]:port, :port or a port (e.g. \"127.0.0.1:9090\")")
+    })
+}
+
+/// Checks a log filter: levels and `target=level` directives, comma-separated.
+pub fn validate_log_filter(s: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    if s.trim().is_empty() {
+        return Err("must not be empty (e.g. \"info\")".into());
+    }
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = d.rsplit_once('=').unwrap_or(("", d));
+        let target_ok = target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+            && (target.is_empty() != d.contains('='));
+        if !target_ok || !is_level(level) {
+            return Err(format!(
+                "{d:?} is not a level ({}) or a target=level directive",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl DaemonConfig {
+    /// The metrics endpoint's address, if configured (validated by [`Self::validate`]).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen
+            .as_deref()
+            .and_then(|m| parse_listen(m).ok())
+    }
+
     /// Parses and validates a TOML document; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let cfg: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -611,6 +665,12 @@ impl DaemonConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("state_dir", "must not be empty"));
+        }
+        if let Some(m) = &self.metrics_listen {
+            parse_listen(m).map_err(|r| ConfigError::invalid("metrics_listen", r))?;
+        }
+        if let Some(l) = &self.log_level {
+            validate_log_filter(l).map_err(|r| ConfigError::invalid("log_level", r))?;
         }
         let mut names = HashSet::new();
         for (i, n) in self.networks.iter().enumerate() {
@@ -742,6 +802,33 @@ mod tests {
         );
         assert_eq!(c.networks[1].attach, AttachKind::AfPacket);
         assert_ne!(c.networks[0].gateway_mac(), c.networks[1].gateway_mac());
+    }
+
+    #[test]
+    fn metrics_listen_and_log_level() {
+        let c = DaemonConfig::from_toml_str(
+            "metrics_listen = \"9090\"\nlog_level = \"warn,vswitch::control=debug\"",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(c.metrics_addr(), Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(parse_listen(":9100"), Ok("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(parse_listen("0.0.0.0:1"), Ok("0.0.0.0:1".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:2"), Ok("[::1]:2".parse().unwrap()));
+        assert!(parse_listen("localhost").is_err());
+        assert!(validate_log_filter("DEBUG").is_ok());
+        for bad in ["", "loud", "vswitch=loud", "a b=info"] {
+            assert!(validate_log_filter(bad).is_err(), "{bad:?}");
+        }
+        for (t, field) in [
+            ("metrics_listen = \"x:y\"", "metrics_listen"),
+            ("log_level = \"verbose\"", "log_level"),
+        ] {
+            assert_eq!(
+                field_of(DaemonConfig::from_toml_str(t, "test").unwrap_err()),
+                field
+            );
+        }
     }
 
     fn field_of(e: ConfigError) -> String {

@@ -55,8 +55,13 @@ enum Cmd {
     /// Forwarding database.
     #[command(subcommand)]
     Fdb(FdbCmd),
-    /// Per-port counters and drops by reason.
+    /// Counters: ports, drops by reason, networks, peers, workers (the metrics endpoint's numbers).
     Stats,
+    /// Show each pipeline stage and its verdict for matching packets (live), or for a packet you
+    /// describe (--inject*, nothing sent or changed).
+    Trace(vswitch::observe::cli::TraceArgs),
+    /// Write matching packets to a pcapng file, each with its verdict as the packet comment.
+    Capture(vswitch::observe::cli::CaptureArgs),
     /// Built-in IPAM allocations.
     #[command(subcommand)]
     Ipam(IpamCmd),
@@ -437,56 +442,30 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 print_json(&s);
                 return Ok(());
             }
-            table(
-                &[
-                    "PORT",
-                    "NETWORK",
-                    "RX PKTS",
-                    "RX BYTES",
-                    "TX PKTS",
-                    "TX BYTES",
-                    "RX DROPPED",
-                    "TX ERRORS",
-                ],
-                s.ports
-                    .iter()
-                    .map(|p| {
-                        vec![
-                            p.id.clone(),
-                            p.network.clone(),
-                            p.rx_packets.to_string(),
-                            p.rx_bytes.to_string(),
-                            p.tx_packets.to_string(),
-                            p.tx_bytes.to_string(),
-                            p.rx_dropped.to_string(),
-                            p.tx_errors.to_string(),
-                        ]
-                    })
-                    .collect(),
-            );
-            println!();
-            table(
-                &["DROP REASON", "PACKETS"],
-                s.drops
-                    .iter()
-                    .map(|(k, v)| vec![k.clone(), v.to_string()])
-                    .collect(),
-            );
-            println!();
-            table(
-                &["ABSORBED BY THE SWITCH", "PACKETS"],
-                s.absorbed
-                    .iter()
-                    .map(|(k, v)| vec![k.clone(), v.to_string()])
-                    .collect(),
-            );
+            print!("{}", vswitch::observe::cli::stats_tables(&s));
         }
+        // Streaming commands: handled in main.
+        Cmd::Trace(_) | Cmd::Capture(_) => {}
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let streamed = match &cli.cmd {
+        Cmd::Trace(a) => Some(vswitch::observe::cli::trace(&cli.socket, cli.json, a)),
+        Cmd::Capture(a) => Some(vswitch::observe::cli::capture(&cli.socket, a)),
+        _ => None,
+    };
+    if let Some(r) = streamed {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vswitchctl: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ClientError::Api(e)) => {

@@ -32,19 +32,12 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
     let mut cfg = match &args.config {
         Some(p) => DaemonConfig::load(p)?,
         None => DaemonConfig::default(),
     };
+    vswitch::observe::logging::init(cfg.log_level.as_deref()).map_err(anyhow::Error::msg)?;
     if let Some(s) = args.socket {
         cfg.socket = s;
     }
@@ -61,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let (workers, networks) = (cfg.workers, cfg.networks.len());
     let cluster = cfg.cluster.clone();
+    let metrics_addr = cfg.metrics_addr();
     let daemon = match Daemon::start(cfg) {
         Ok(d) => Arc::new(Mutex::new(d)),
         Err(e) => {
@@ -86,6 +80,10 @@ fn main() -> anyhow::Result<()> {
             })
             .context("start housekeeping thread")?;
     }
+    let _metrics = match metrics_addr {
+        Some(addr) => Some(metrics::start(addr, daemon.clone())?),
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), workers, networks, "vswitchd ready");
     {
         let daemon = daemon.clone();
@@ -105,4 +103,26 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+mod metrics {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use anyhow::Context;
+    use vswitch::control::daemon::Daemon;
+    use vswitch::observe::http::MetricsServer;
+
+    /// Serves `metrics_listen`: every scrape takes the same snapshot as `vswitchctl stats`.
+    pub fn start(addr: SocketAddr, daemon: Arc<Mutex<Daemon>>) -> anyhow::Result<MetricsServer> {
+        let server = MetricsServer::start(addr, move || {
+            daemon
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stats_snapshot()
+        })
+        .with_context(|| format!("metrics_listen {addr}"))?;
+        tracing::info!(addr = %server.local_addr(), "metrics endpoint listening");
+        Ok(server)
+    }
 }

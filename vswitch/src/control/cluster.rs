@@ -69,14 +69,77 @@ async fn run(cfg: ClusterConfig, daemon: Arc<Mutex<Daemon>>) {
         missing_since: BTreeMap::new(),
     };
     let mut last_lease = None;
+    let mut health = EtcdHealth::default();
     loop {
-        match session(&cfg, &daemon, &me, &mut view, &mut last_lease).await {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(endpoints = ?cfg.etcd_endpoints, "etcd session ended: {e}; the dataplane keeps its tables, retrying")
+        if let Err(e) = session(&cfg, &daemon, &me, &mut view, &mut last_lease, &mut health).await {
+            match health.failed() {
+                Some(Change::Lost) => {
+                    tracing::warn!(endpoints = ?cfg.etcd_endpoints, "etcd lost: {e}; the dataplane keeps its tables, retrying every second")
+                }
+                Some(Change::Unreachable) => {
+                    tracing::warn!(endpoints = ?cfg.etcd_endpoints, "etcd unreachable: {e}; retrying every second")
+                }
+                _ => tracing::debug!("etcd still unreachable: {e}"),
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// etcd connectivity, so that each change is logged once (not every retry).
+#[derive(Debug, Default)]
+struct EtcdHealth {
+    up: bool,
+    ever: bool,
+    failing: bool,
+    down_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Connected,
+    Regained,
+    Lost,
+    Unreachable,
+}
+
+impl EtcdHealth {
+    fn connected(&mut self) -> Change {
+        let c = if self.ever {
+            Change::Regained
+        } else {
+            Change::Connected
+        };
+        (self.up, self.ever, self.failing) = (true, true, false);
+        c
+    }
+
+    /// A session failed: the change to log, if any.
+    fn failed(&mut self) -> Option<Change> {
+        let c = if self.up {
+            Some(Change::Lost)
+        } else if !self.ever && !self.failing {
+            Some(Change::Unreachable)
+        } else {
+            None
+        };
+        if self.up || self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+        }
+        (self.up, self.failing) = (false, true);
+        c
+    }
+
+    /// Logs a successful registration.
+    fn log_registered(&mut self, lease: i64) {
+        match self.connected() {
+            Change::Regained => tracing::info!(
+                lease,
+                down_secs = self.down_since.take().map_or(0, |t| t.elapsed().as_secs()),
+                "etcd regained, registered again"
+            ),
+            _ => tracing::info!(lease, "registered in etcd"),
+        }
     }
 }
 
@@ -111,6 +174,7 @@ async fn session(
     me: &str,
     view: &mut View,
     last_lease: &mut Option<i64>,
+    health: &mut EtcdHealth,
 ) -> Result<(), etcd_client::Error> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
@@ -124,7 +188,7 @@ async fn session(
     let lease = client.lease_grant(ttl, None).await?.id();
     *last_lease = Some(lease);
     let (mut keeper, mut keepalive) = client.lease_keep_alive(lease).await?;
-    tracing::info!(lease, "registered in etcd");
+    health.log_registered(lease);
 
     let mut published: BTreeMap<String, String> = BTreeMap::new();
     publish(&mut client, cfg, daemon, me, lease, &mut published).await?;
@@ -297,5 +361,25 @@ fn reconcile(cfg: &ClusterConfig, daemon: &Mutex<Daemon>, me: &str, view: &mut V
     }
     for (network, mac, ip, node) in eps {
         d.upsert_remote_endpoint(&network, mac, ip, &node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_changes_are_reported_once_each() {
+        let mut h = EtcdHealth::default();
+        // Down from the start: said once, then quiet while retrying.
+        assert_eq!(h.failed(), Some(Change::Unreachable));
+        assert_eq!(h.failed(), None);
+        assert_eq!(h.connected(), Change::Connected);
+        assert_eq!(h.failed(), Some(Change::Lost));
+        assert_eq!(h.failed(), None);
+        assert_eq!(h.failed(), None);
+        assert!(h.down_since.is_some());
+        assert_eq!(h.connected(), Change::Regained);
+        assert_eq!(h.failed(), Some(Change::Lost));
     }
 }

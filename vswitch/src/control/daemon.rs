@@ -35,6 +35,8 @@ use vswitch_api::{
     Request, StatsReply,
 };
 
+mod observe;
+
 const NETWORKS_FILE: &str = "networks.json";
 
 struct Network {
@@ -78,6 +80,9 @@ pub struct Daemon {
     next_peer: PeerIdx,
     /// Endpoints of other nodes from the datastore: (network, mac) → (ip, peer name).
     remote_endpoints: BTreeMap<(String, MacAddr), (Option<Ipv4Addr>, String)>,
+    /// Trace and capture sessions (see `observe`).
+    trace: Arc<crate::observe::hub::TraceHub>,
+    started: std::time::SystemTime,
 }
 
 /// Where a peer's record came from.
@@ -139,7 +144,8 @@ impl Daemon {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
-        let workers = device::spawn_workers(&cfg).context("start workers")?;
+        let trace = crate::observe::hub::TraceHub::new();
+        let workers = device::spawn_workers(&cfg, &trace).context("start workers")?;
         tracing::info!(
             workers = workers.len(),
             io = workers.first().map_or("none", |w| w.io.name()),
@@ -171,6 +177,8 @@ impl Daemon {
             free_peers: BTreeSet::new(),
             next_peer: 0,
             remote_endpoints: BTreeMap::new(),
+            trace,
+            started: std::time::SystemTime::now(),
         };
         d.start_uplink()?;
         for p in &cfg.peers {
@@ -234,6 +242,13 @@ impl Daemon {
             }),
             Request::FdbShow(r) => answer(r, |r| self.fdb_show(&r.network)),
             Request::Stats(r) => answer(r, |_| Ok(self.stats())),
+            Request::Trace(r) => answer(r, |_| {
+                Err(err(
+                    ErrorKind::BadRequest,
+                    "trace streams on its own connection (the control server serves it)",
+                ))
+            }),
+            Request::Inject(r) => answer(r, |r| self.inject(&r)),
             Request::CniAdd(r) => answer(r, |r| self.cni_add(r)),
             Request::CniDel(r) => answer(r, |r| self.cni_del(&r.0).map(|_| Done {})),
             Request::CniCheck(r) => answer(r, |r| self.cni_check(&r.0)),
@@ -1346,11 +1361,12 @@ impl Daemon {
                 *absorbed.entry(a.name().to_string()).or_default() += n;
             }
         }
-        StatsReply {
+        self.stats_more(StatsReply {
             ports,
             drops,
             absorbed,
-        }
+            ..Default::default()
+        })
     }
 
     /// Losses in the kernel around us, by where they happen: in front of us, pod taps' queues

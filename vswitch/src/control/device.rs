@@ -21,8 +21,12 @@ use crate::sys::tap::{Tap, TapError};
 const VXLAN_SOURCE_PORTS: usize = 8;
 
 /// Starts the configured number of workers, joined by learn rings.
-pub fn spawn_workers(cfg: &DaemonConfig) -> io::Result<Vec<WorkerHandle>> {
+pub fn spawn_workers(
+    cfg: &DaemonConfig,
+    trace: &Arc<crate::observe::hub::TraceHub>,
+) -> io::Result<Vec<WorkerHandle>> {
     let wc = WorkerConfig {
+        trace: Some(trace.clone()),
         aging_secs: cfg.fdb_aging_secs,
         io: match cfg.io {
             IoBackend::Auto => IoMode::Auto,
@@ -34,7 +38,7 @@ pub fn spawn_workers(cfg: &DaemonConfig) -> io::Result<Vec<WorkerHandle>> {
     worker::learn_rings(cfg.workers)
         .into_iter()
         .enumerate()
-        .map(|(id, rings)| worker::spawn(id, wc, rings))
+        .map(|(id, rings)| worker::spawn(id, wc.clone(), rings))
         .collect()
 }
 

@@ -1,5 +1,7 @@
 //! The control socket: a unix stream socket (mode 0600), one JSON request per line.
 //! Each connection gets a thread; requests are applied one at a time under the state lock.
+//! A `trace` request turns its connection into a stream of trace records (without holding the
+//! lock while it waits for them) until the session ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -75,6 +77,10 @@ fn handle_conn(stream: UnixStream, state: &Mutex<Daemon>) {
         }
         reader.get_mut().set_limit(MAX_REQUEST);
         let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Trace(req)) => {
+                stream_trace(&writer, state, &req);
+                return;
+            }
             Ok(req) => {
                 tracing::debug!(?req, "request");
                 let mut d = match state.lock() {
@@ -96,4 +102,48 @@ fn handle_conn(stream: UnixStream, state: &Mutex<Daemon>) {
             return;
         }
     }
+}
+
+fn lock(state: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn send_line(mut w: &UnixStream, v: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(v)?;
+    out.push(b'\n');
+    w.write_all(&out)
+}
+
+/// Serves a trace session on this connection: the start reply, then one line per record, then
+/// the end line. The state lock is only taken to start and to refresh names.
+fn stream_trace(conn: &UnixStream, state: &Mutex<Daemon>, req: &vswitch_api::Trace) {
+    use crate::observe::session;
+    let started = {
+        let d = lock(state);
+        session::start(&d.trace_hub(), req, &d.trace_names())
+    };
+    let handle = match started {
+        Ok((handle, started)) => {
+            let reply = vswitch_api::answer(req.clone(), |_| Ok(started));
+            if send_line(conn, &reply).is_err() {
+                return;
+            }
+            handle
+        }
+        Err(msg) => {
+            let _ = send_line(
+                conn,
+                &Reply::Error(ApiError::new(ErrorKind::BadRequest, msg)),
+            );
+            return;
+        }
+    };
+    let _ = conn.set_read_timeout(None);
+    let end = session::pump(
+        handle,
+        || lock(state).trace_names(),
+        |l| send_line(conn, l),
+        || session::client_alive(conn),
+    );
+    tracing::debug!(reason = %end.reason, matched = end.matched, lost = end.lost, "trace session ended");
 }

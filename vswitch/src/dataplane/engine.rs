@@ -17,8 +17,9 @@ use super::overlay::{self, Overlay};
 use super::pipeline::{DomainIdx, PeerIdx, Switch, Verdict, Wire};
 use super::pool::{BufIdx, BufferPool, Desc, TxItem, HEADROOM};
 use super::port::{Port, TxIo};
-use super::trace::Off;
+use super::trace::{Off, OffloadInfo, Recorder, Rx, Stage, Trace, WireKind};
 use super::underlay::{Sock, UnderlayTx, HDR_SLOT};
+use crate::observe::hub::{SessionMask, WorkerTrace};
 use crate::packet::gro::{Run, TcpSeg};
 use crate::packet::gso::{self, Layout, Plan, Verified};
 use crate::packet::offload::{Csum, Offload, VNET_HDR_LEN};
@@ -35,8 +36,11 @@ const MAX_UDP_PAYLOAD: usize = 65507;
 enum Origin {
     /// VXLAN from `peer` into an L2 (or L3) domain.
     Vxlan { domain: DomainIdx, peer: PeerIdx },
-    /// IPIP or direct routing into an L3 domain.
-    Routed { domain: DomainIdx },
+    /// IPIP (outer source `src`) or direct routing (`src` none) into an L3 domain.
+    Routed {
+        domain: DomainIdx,
+        src: Option<Ipv4Addr>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +69,9 @@ pub struct Engine {
     peer_macs: Vec<Option<vswitch_config::MacAddr>>,
     /// Segment headers written for an egress without offloads.
     seg_hdr: [u8; gso::MAX_HDR],
+    /// Trace and capture sessions (none in unit tests); `trace_on` is refreshed once per turn.
+    pub trace: Option<WorkerTrace>,
+    trace_on: bool,
 }
 
 impl Engine {
@@ -84,6 +91,8 @@ impl Engine {
             pending: None,
             peer_macs: Vec::new(),
             seg_hdr: [0; gso::MAX_HDR],
+            trace: None,
+            trace_on: false,
         }
     }
 
@@ -116,6 +125,144 @@ impl Engine {
 
     pub fn port(&self, idx: PortIdx) -> Option<&Port> {
         self.ports.get(idx as usize)?.as_ref()
+    }
+
+    /// Once per worker turn: whether a trace session runs (one relaxed load when none does).
+    #[inline]
+    pub fn begin_batch(&mut self) {
+        self.trace_on = match &mut self.trace {
+            Some(t) => t.begin_batch(),
+            None => false,
+        };
+    }
+
+    /// The sessions a frame may match (empty unless a session runs).
+    #[inline]
+    fn trace_mask(&self, rx: Rx, domain: Option<DomainIdx>, d: Desc) -> SessionMask {
+        match (&self.trace, self.trace_on) {
+            (Some(t), true) => t.wants(rx, domain, self.pool.frame(d)),
+            _ => SessionMask::default(),
+        }
+    }
+
+    /// The egress a verdict leads to, as trace stages (the pipeline recorded the rest).
+    fn egress_stages(
+        &self,
+        r: &mut Recorder,
+        in_port: Option<PortIdx>,
+        domain: Option<DomainIdx>,
+        v: Verdict,
+    ) {
+        let peers_of =
+            |p: Option<PortIdx>| p.map_or(0, |p| self.switch.flood_peers(p).0.len() as u16);
+        match v {
+            Verdict::Forward(p) => r.stage(|| Stage::TxPort(p)),
+            Verdict::Reply | Verdict::ReplyResized(_) => {
+                if let Some(p) = in_port {
+                    r.stage(|| Stage::TxPort(p));
+                }
+            }
+            Verdict::Flood { peers } => {
+                let ports = match in_port {
+                    Some(p) => self.switch.flood_targets(p).count(),
+                    None => domain.map_or(0, |d| self.switch.domain_ports(d).len()),
+                } as u16;
+                let peers = if peers { peers_of(in_port) } else { 0 };
+                r.stage(|| Stage::Flood { ports, peers });
+            }
+            Verdict::Multicast { to, peers } => {
+                let ports = in_port.map_or(0, |p| self.switch.mcast_targets(p, to).count()) as u16;
+                let peers = if peers { peers_of(in_port) } else { 0 };
+                r.stage(|| Stage::Flood { ports, peers });
+            }
+            Verdict::Tunnel { peer, wire } => {
+                let outer_dst = self.switch.peer(peer).map(|c| c.underlay_ip);
+                let outer_src = self.uplink.as_ref().map(|u| u.up.local_ip);
+                if let (Some(outer_src), Some(outer_dst)) = (outer_src, outer_dst) {
+                    let (wire, vni) = match wire {
+                        Wire::Vxlan { vni } => (WireKind::Vxlan, Some(vni)),
+                        Wire::Ipip => (WireKind::Ipip, None),
+                        Wire::Direct => (WireKind::Direct, None),
+                    };
+                    r.stage(|| Stage::Encap {
+                        peer,
+                        wire,
+                        outer_src,
+                        outer_dst,
+                        vni,
+                        udp_src: None,
+                    });
+                }
+            }
+            Verdict::Drop(_) | Verdict::Absorb(_) => {}
+        }
+    }
+
+    /// `rx_port_at` for a frame a trace session may want: the same pipeline with a recorder.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn rx_port_traced(
+        &mut self,
+        io: &mut dyn TxIo,
+        p: PortIdx,
+        d: Desc,
+        off: Offload,
+        vlan: bool,
+        dom: Option<DomainIdx>,
+        mask: SessionMask,
+    ) {
+        let Some(mut rec) = self
+            .trace
+            .as_ref()
+            .map(|t| t.record(mask, Rx::Port(p), dom, self.pool.frame(d)))
+        else {
+            return;
+        };
+        let mut r = Recorder::default();
+        let (worker, offload) = (self.id, offload_info(&off));
+        r.stage(|| Stage::RxPort {
+            port: p,
+            worker,
+            offload,
+        });
+        let now = self.now;
+        let v = self
+            .switch
+            .ingress(p, self.pool.frame_mut(d), &off, vlan, now, &mut r);
+        if let Verdict::Drop(_) = v {
+            if let Some(Some(port)) = self.ports.get(p as usize) {
+                port.counters.rx_drop();
+            }
+        }
+        self.egress_stages(&mut r, Some(p), dom, v);
+        self.apply(io, Some(p), dom, d, off, v);
+        rec.stages = r.stages;
+        if let Some(t) = &self.trace {
+            t.emit(mask, rec);
+        }
+    }
+
+    /// Runs a frame as received on `p` through the live tables without sending it or changing
+    /// anything (synthetic trace): the stages it would go through.
+    pub fn dry_run(&mut self, p: PortIdx, frame: &mut [u8]) -> crate::observe::hub::Record {
+        let dom = self.switch.port(p).map(|c| c.domain);
+        let mut rec = crate::observe::hub::Record::new(self.id, Rx::Port(p), dom, frame, 0);
+        rec.dry_run = true;
+        let mut r = Recorder::dry_run();
+        let worker = self.id;
+        r.stage(|| Stage::RxPort {
+            port: p,
+            worker,
+            offload: OffloadInfo::default(),
+        });
+        let now = self.now;
+        let v = self
+            .switch
+            .ingress(p, frame, &Offload::NONE, false, now, &mut r);
+        self.egress_stages(&mut r, Some(p), dom, v);
+        rec.stages = r.stages;
+        rec
     }
 
     // ---- receive ------------------------------------------------------------------------
@@ -158,6 +305,15 @@ impl Engine {
             }
         };
         let d = Desc::at(buf, at + VNET_HDR_LEN, flen);
+        if self.trace_on {
+            let dom = self.switch.port(p).map(|c| c.domain);
+            let mask = self.trace_mask(Rx::Port(p), dom, d);
+            if mask.any() {
+                self.rx_port_traced(io, p, d, off, vlan, dom, mask);
+                self.pool.release(buf);
+                return;
+            }
+        }
         let now = self.now;
         let v = self
             .switch
@@ -224,7 +380,7 @@ impl Engine {
     ) {
         let pkt = &self.pool.buf(buf)[at..at + len];
         match self.overlay.demux_ipip(src, pkt) {
-            Ok((_, hl, inner)) => self.rx_routed(io, buf, at + hl, inner),
+            Ok((_, hl, inner)) => self.rx_routed(io, buf, at + hl, inner, Some(src)),
             Err(r) => self.drops.inc(r),
         }
         self.pool.release(buf);
@@ -246,7 +402,7 @@ impl Engine {
             // Already a superframe (the sender's TSO crossed the underlay whole).
             self.deliver_routed(io, buf, ip_at, flen - ethernet::HEADER_LEN, off);
         } else {
-            self.rx_routed(io, buf, ip_at, flen - ethernet::HEADER_LEN);
+            self.rx_routed(io, buf, ip_at, flen - ethernet::HEADER_LEN, None);
         }
         self.pool.release(buf);
         self.gro_flush(io);
@@ -254,7 +410,14 @@ impl Engine {
 
     /// An IPv4 packet at `ip_at` (`ip_len` bytes) for an L3 domain, with room for an Ethernet
     /// header in front: into the coalescer.
-    fn rx_routed(&mut self, io: &mut dyn TxIo, buf: BufIdx, ip_at: usize, ip_len: usize) {
+    fn rx_routed(
+        &mut self,
+        io: &mut dyn TxIo,
+        buf: BufIdx,
+        ip_at: usize,
+        ip_len: usize,
+        src: Option<Ipv4Addr>,
+    ) {
         let Some(dst) = ipv4_dst(&self.pool.buf(buf)[ip_at..ip_at + ip_len]) else {
             self.drops.inc(DropReason::MalformedTunnel);
             return;
@@ -283,7 +446,7 @@ impl Engine {
         let f = self.pool.frame_mut(d);
         f[..12].fill(0);
         f[12..14].copy_from_slice(&[0x08, 0x00]);
-        self.gro_push(io, Origin::Routed { domain }, d);
+        self.gro_push(io, Origin::Routed { domain, src }, d);
         if copied {
             self.pool.release(d.buf);
         }
@@ -310,7 +473,7 @@ impl Engine {
             ip_at - ethernet::HEADER_LEN,
             ip_len + ethernet::HEADER_LEN,
         );
-        self.deliver(io, Origin::Routed { domain }, d, off);
+        self.deliver(io, Origin::Routed { domain, src: None }, d, off);
     }
 
     // ---- receive coalescing -------------------------------------------------------------
@@ -405,6 +568,23 @@ impl Engine {
 
     /// Runs a frame from the underlay through the pipeline and on to its egress.
     fn deliver(&mut self, io: &mut dyn TxIo, origin: Origin, d: Desc, off: Offload) {
+        if self.trace_on {
+            let (domain, peer) = match origin {
+                Origin::Vxlan { domain, peer } => (domain, Some(peer)),
+                Origin::Routed { domain, src } => {
+                    (domain, src.and_then(|s| self.switch.peer_by_ip(s)))
+                }
+            };
+            let rx = Rx::Underlay {
+                peer,
+                marked: false,
+            };
+            let mask = self.trace_mask(rx, Some(domain), d);
+            if mask.any() {
+                self.deliver_traced(io, origin, d, off, rx, mask);
+                return;
+            }
+        }
         let now = self.now;
         let (v, dom) = match origin {
             Origin::Vxlan { domain, peer } => (
@@ -412,13 +592,85 @@ impl Engine {
                     .tunnel_ingress(domain, peer, self.pool.frame_mut(d), now, &mut Off),
                 domain,
             ),
-            Origin::Routed { domain } => (
+            Origin::Routed { domain, .. } => (
                 self.switch
                     .routed_ingress(domain, self.pool.frame_mut(d), &mut Off),
                 domain,
             ),
         };
         self.apply(io, None, Some(dom), d, off, v);
+    }
+
+    /// `deliver` for a frame a trace session may want.
+    #[cold]
+    #[inline(never)]
+    fn deliver_traced(
+        &mut self,
+        io: &mut dyn TxIo,
+        origin: Origin,
+        d: Desc,
+        off: Offload,
+        rx: Rx,
+        mask: SessionMask,
+    ) {
+        let dom = match origin {
+            Origin::Vxlan { domain, .. } | Origin::Routed { domain, .. } => domain,
+        };
+        let Some(mut rec) = self
+            .trace
+            .as_ref()
+            .map(|t| t.record(mask, rx, Some(dom), self.pool.frame(d)))
+        else {
+            return;
+        };
+        let mut r = Recorder::default();
+        let local = self
+            .uplink
+            .as_ref()
+            .map_or(Ipv4Addr::UNSPECIFIED, |u| u.up.local_ip);
+        let worker = self.id;
+        let (wire, outer_src, vni, peer) = match origin {
+            Origin::Vxlan { domain, peer } => (
+                WireKind::Vxlan,
+                self.switch
+                    .peer(peer)
+                    .map_or(Ipv4Addr::UNSPECIFIED, |c| c.underlay_ip),
+                self.switch.domain_conf(domain).and_then(|c| c.vni),
+                Some(peer),
+            ),
+            Origin::Routed { src: Some(s), .. } => {
+                (WireKind::Ipip, s, None, self.switch.peer_by_ip(s))
+            }
+            Origin::Routed { src: None, .. } => {
+                (WireKind::Direct, Ipv4Addr::UNSPECIFIED, None, None)
+            }
+        };
+        r.stage(|| Stage::RxUnderlay {
+            wire,
+            worker,
+            outer_src,
+            outer_dst: local,
+            vni,
+            udp_src: None,
+            peer,
+        });
+        let now = self.now;
+        let v = match origin {
+            Origin::Vxlan { domain, peer } => {
+                self.switch
+                    .tunnel_ingress(domain, peer, self.pool.frame_mut(d), now, &mut r)
+            }
+            Origin::Routed { domain, .. } => {
+                self.switch
+                    .routed_ingress(domain, self.pool.frame_mut(d), &mut r)
+            }
+        };
+        self.egress_stages(&mut r, None, Some(dom), v);
+        self.apply(io, None, Some(dom), d, off, v);
+        rec.stages = r.stages;
+        if let Some(t) = &self.trace {
+            t.emit(mask, rec);
+        }
     }
 
     // ---- egress -------------------------------------------------------------------------
@@ -952,6 +1204,15 @@ impl Engine {
         dirty.clear();
         self.dirty = dirty;
         self.flush_underlay(io);
+    }
+}
+
+/// Offload metadata as a trace shows it.
+fn offload_info(o: &Offload) -> OffloadInfo {
+    OffloadInfo {
+        gso_type: u8::from(o.is_gso()),
+        gso_size: o.gso_size,
+        csum_partial: matches!(o.csum, Csum::Partial { .. }),
     }
 }
 

@@ -300,6 +300,14 @@ impl Switch {
         *slot(&mut self.peers, idx) = Some(conf);
     }
 
+    /// The peer with this underlay address (traces name where an IPIP packet came from).
+    pub fn peer_by_ip(&self, ip: Ipv4Addr) -> Option<PeerIdx> {
+        self.peers
+            .iter()
+            .position(|p| p.is_some_and(|p| p.underlay_ip == ip))
+            .map(|i| i as PeerIdx)
+    }
+
     pub fn peer(&self, idx: PeerIdx) -> Option<&PeerConf> {
         self.peers.get(idx as usize)?.as_ref()
     }

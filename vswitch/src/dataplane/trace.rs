@@ -9,7 +9,7 @@
 //! Indices (ports, domains, peers) are the dataplane's; the control plane names them when it
 //! renders a record.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use vswitch_config::MacAddr;
 
@@ -86,6 +86,143 @@ pub struct Summary {
     /// Bytes of the frame (a GSO superframe counts whole).
     pub len: u32,
 }
+
+impl Summary {
+    /// Summarises a frame's headers straight from its bytes, for trace and capture filters and
+    /// for pipelines that have not parsed a header yet. Never panics; what it cannot read it
+    /// leaves empty. For ARP, `ip_src`/`ip_dst` are the sender/target protocol addresses and `op`
+    /// the operation; for ICMP/ICMPv6, `op` is the message type. Only the first fragment of an
+    /// IPv4 packet has L4 ports.
+    pub fn from_frame(frame: &[u8]) -> Summary {
+        let mut s = Summary {
+            len: u32::try_from(frame.len()).unwrap_or(u32::MAX),
+            ..Summary::default()
+        };
+        let (Some(dst), Some(src), Some(et)) = (frame.get(0..6), frame.get(6..12), be16(frame, 12))
+        else {
+            return s;
+        };
+        s.eth_dst = MacAddr::from_bytes(dst).unwrap_or_default();
+        s.eth_src = MacAddr::from_bytes(src).unwrap_or_default();
+        s.ethertype = et;
+        let l3 = &frame[14..];
+        match et {
+            0x0806 => summarise_arp(&mut s, l3),
+            0x0800 => summarise_ipv4(&mut s, l3),
+            0x86dd => summarise_ipv6(&mut s, l3),
+            _ => {}
+        }
+        s
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn ipv4_at(b: &[u8], at: usize) -> Option<Ipv4Addr> {
+    let o: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(o))
+}
+
+fn summarise_arp(s: &mut Summary, a: &[u8]) {
+    // Ethernet/IPv4 ARP only: htype 1, ptype 0x0800, hlen 6, plen 4.
+    if be16(a, 0) != Some(1) || be16(a, 2) != Some(0x0800) || a.get(4..6) != Some(&[6, 4]) {
+        return;
+    }
+    s.op = be16(a, 6);
+    s.ip_src = ipv4_at(a, 14).map(IpAddr::V4);
+    s.ip_dst = ipv4_at(a, 24).map(IpAddr::V4);
+}
+
+fn summarise_ipv4(s: &mut Summary, p: &[u8]) {
+    let Some(&vihl) = p.first() else { return };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || p.len() < ihl {
+        return;
+    }
+    s.ttl = Some(p[8]);
+    s.ip_proto = Some(p[9]);
+    s.ip_src = ipv4_at(p, 12).map(IpAddr::V4);
+    s.ip_dst = ipv4_at(p, 16).map(IpAddr::V4);
+    let frag_offset = be16(p, 6).unwrap_or(0) & 0x1fff;
+    if frag_offset == 0 {
+        summarise_l4(s, p[9], &p[ihl..]);
+    }
+}
+
+fn summarise_ipv6(s: &mut Summary, p: &[u8]) {
+    if p.len() < 40 || p[0] >> 4 != 6 {
+        return;
+    }
+    s.ttl = Some(p[7]);
+    let addr = |at: usize| {
+        let o: [u8; 16] = p[at..at + 16].try_into().ok()?;
+        Some(IpAddr::V6(Ipv6Addr::from(o)))
+    };
+    s.ip_src = addr(8);
+    s.ip_dst = addr(24);
+    // Walk the common extension headers (bounded) to the upper-layer protocol.
+    let (mut next, mut at) = (p[6], 40usize);
+    for _ in 0..8 {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, excluding the first 8.
+            0 | 43 | 60 => {
+                let (Some(&n), Some(&l)) = (p.get(at), p.get(at + 1)) else {
+                    return;
+                };
+                next = n;
+                at += (usize::from(l) + 1) * 8;
+            }
+            // Fragment header: only the first fragment carries the L4 header.
+            44 => {
+                let (Some(&n), Some(off)) = (p.get(at), be16(p, at + 2)) else {
+                    return;
+                };
+                next = n;
+                at += 8;
+                if off & 0xfff8 != 0 {
+                    s.ip_proto = Some(next);
+                    return;
+                }
+            }
+            _ => break,
+        }
+    }
+    s.ip_proto = Some(next);
+    if let Some(l4) = p.get(at..) {
+        summarise_l4(s, next, l4);
+    }
+}
+
+fn summarise_l4(s: &mut Summary, proto: u8, l4: &[u8]) {
+    match proto {
+        6 | 17 | 132 => {
+            s.l4_src = be16(l4, 0);
+            s.l4_dst = be16(l4, 2);
+        }
+        1 | 58 => s.op = l4.first().map(|t| u16::from(*t)),
+        _ => {}
+    }
+}
+
+/// Where a packet entered this node, as trace and capture filters see it before the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rx {
+    /// A local port.
+    Port(PortIdx),
+    /// The underlay (VXLAN, IPIP or direct), from this peer when the source is a known peer.
+    /// `marked`: the sending vswitch node traced this packet and said so in its VXLAN header
+    /// (see [`TRACE_MARK`]).
+    Underlay { peer: Option<PeerIdx>, marked: bool },
+}
+
+/// The VXLAN header bit a vswitch node sets on a packet it traced, so the receiving node can
+/// trace its decapsulation and delivery (`vswitchctl trace --match traced`): bit 0 of the last
+/// reserved byte (byte 7). Linux drops VXLAN packets with unknown reserved bits, so it is only
+/// ever set toward peers known to run vswitch (registered in the cluster datastore), and cleared
+/// by the receiver before anything else looks at the header.
+pub const TRACE_MARK: (usize, u8) = (7, 0x01);
 
 /// Offload metadata of a buffer (from the virtio-net header), as a trace shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

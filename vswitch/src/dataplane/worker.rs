@@ -78,8 +78,10 @@ impl IoMode {
 }
 
 /// How a worker runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// The daemon's trace sessions (none: this worker never traces).
+    pub trace: Option<Arc<crate::observe::hub::TraceHub>>,
     pub aging_secs: u64,
     pub io: IoMode,
     /// Keep polling this long after a busy turn before sleeping (0: never spin).
@@ -110,6 +112,13 @@ pub enum Command {
     DumpFdb {
         domain: DomainIdx,
         reply: mpsc::Sender<Vec<FdbRow>>,
+    },
+    /// Run a frame as received on `port` through the tables without sending it or changing
+    /// anything (synthetic trace) and send back its record.
+    DryRun {
+        port: PortIdx,
+        frame: Vec<u8>,
+        reply: mpsc::Sender<crate::observe::hub::Record>,
     },
     /// Attach the underlay (`poll`: this worker receives from it).
     SetUplink {
@@ -319,6 +328,7 @@ impl Worker {
         let pool = BufferPool::new(POOL_BUFFERS)?;
         let switch = Switch::new(cfg.aging_secs, MAX_LEARNED_PER_DOMAIN);
         let mut engine = Engine::new(id as u16, switch, pool, drops);
+        engine.trace = cfg.trace.as_ref().map(|h| h.worker(id as u16));
         let backend = match mode {
             IoMode::Uring => {
                 let mut ring = Uring::new(
@@ -409,6 +419,7 @@ impl Worker {
     /// frames received and whether the control eventfd fired.
     fn turn(&mut self, timeout: Duration, ev: &mut [Event]) -> io::Result<(usize, bool)> {
         let t0 = Instant::now();
+        self.engine.begin_batch();
         self.apply_learned();
         let mut moved = 0;
         let mut control = false;
@@ -860,6 +871,13 @@ impl Worker {
             }
             Command::DumpFdb { domain, reply } => {
                 let _ = reply.send(e.switch.fdb_rows(domain, e.now));
+            }
+            Command::DryRun {
+                port,
+                mut frame,
+                reply,
+            } => {
+                let _ = reply.send(e.dry_run(port, &mut frame));
             }
             Command::SetMldSnooping(on) => e.switch.set_mld_snooping(on),
             Command::SetPeerMac { idx, mac } => e.set_peer_mac(idx, mac),
