@@ -46,6 +46,10 @@ impl Region {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Huge pages where the kernel has them (THP in madvise mode is the common default): a
+        // 64 KiB superframe then spans one TLB entry instead of sixteen. Advice only.
+        // SAFETY: advice on the mapping just made; it changes no memory contents.
+        let _ = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
         let base = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Region { base, len })
     }
