@@ -83,6 +83,10 @@ pub fn open_uplink(
         .collect::<io::Result<Vec<_>>>()
         .with_context(|| format!("VXLAN sender sockets on {local_ip}"))?;
     let udp_gso = vxlan_tx.first().is_some_and(|(_, t)| t.supports_gso());
+    let vxlan_ports = vxlan_tx
+        .iter()
+        .map(|(s, _)| s.local_port().unwrap_or(0))
+        .collect();
     // The receivers share the port with SO_REUSEPORT; make sure nobody else (another vswitchd,
     // a kernel vxlan device) holds it, since a second group member would take half the flows.
     std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, vxlan_port))
@@ -92,6 +96,7 @@ pub fn open_uplink(
         vxlan_port,
         udp_gso,
         vxlan_tx,
+        vxlan_ports,
         vxlan_rx: (0..workers.max(1))
             .map(|_| InetSocket::udp_receiver(vxlan_port))
             .collect::<io::Result<Vec<_>>>()

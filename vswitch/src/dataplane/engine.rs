@@ -34,8 +34,12 @@ const MAX_UDP_PAYLOAD: usize = 65507;
 /// Where a coalesced run came from, so it is delivered the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// VXLAN from `peer` into an L2 (or L3) domain.
-    Vxlan { domain: DomainIdx, peer: PeerIdx },
+    /// VXLAN from `peer` (UDP source port `sport`) into an L2 (or L3) domain.
+    Vxlan {
+        domain: DomainIdx,
+        peer: PeerIdx,
+        sport: u16,
+    },
     /// IPIP (outer source `src`) or direct routing (`src` none) into an L3 domain.
     Routed {
         domain: DomainIdx,
@@ -152,11 +156,22 @@ impl Engine {
         in_port: Option<PortIdx>,
         domain: Option<DomainIdx>,
         v: Verdict,
+        (frame, off): (&[u8], Offload),
     ) {
         let peers_of =
             |p: Option<PortIdx>| p.map_or(0, |p| self.switch.flood_peers(p).0.len() as u16);
+        let segmented = |why: &'static str| Stage::Segment {
+            segments: segments_of(frame, &off),
+            gso_size: off.gso_size,
+            why,
+        };
         match v {
-            Verdict::Forward(p) => r.stage(|| Stage::TxPort(p)),
+            Verdict::Forward(p) => {
+                if off.is_gso() && self.port(p).is_some_and(|port| !port.caps.accepts(&off)) {
+                    r.stage(|| segmented("egress port without offloads"));
+                }
+                r.stage(|| Stage::TxPort(p))
+            }
             Verdict::Reply | Verdict::ReplyResized(_) => {
                 if let Some(p) = in_port {
                     r.stage(|| Stage::TxPort(p));
@@ -179,18 +194,44 @@ impl Engine {
                 let outer_dst = self.switch.peer(peer).map(|c| c.underlay_ip);
                 let outer_src = self.uplink.as_ref().map(|u| u.up.local_ip);
                 if let (Some(outer_src), Some(outer_dst)) = (outer_src, outer_dst) {
-                    let (wire, vni) = match wire {
+                    let (kind, vni) = match wire {
                         Wire::Vxlan { vni } => (WireKind::Vxlan, Some(vni)),
                         Wire::Ipip => (WireKind::Ipip, None),
                         Wire::Direct => (WireKind::Direct, None),
                     };
+                    let udp_src = match wire {
+                        Wire::Vxlan { .. } => self.uplink.as_ref().and_then(|u| {
+                            let ports = &u.up.vxlan_ports;
+                            let i = overlay::vxlan_socket(encap::flow_hash(frame), ports.len());
+                            ports.get(i).copied()
+                        }),
+                        _ => None,
+                    };
+                    if off.is_gso() {
+                        let direct_whole = wire == Wire::Direct
+                            && self
+                                .peer_macs
+                                .get(peer as usize)
+                                .copied()
+                                .flatten()
+                                .is_some();
+                        let why = match wire {
+                            Wire::Vxlan { .. } => "UDP_SEGMENT train of equal VXLAN datagrams",
+                            Wire::Ipip => "IPIP: one raw packet per segment",
+                            Wire::Direct if direct_whole => {
+                                "whole to the peer's MAC (the NIC or kernel segments)"
+                            }
+                            Wire::Direct => "direct via the raw socket: one packet per segment",
+                        };
+                        r.stage(|| segmented(why));
+                    }
                     r.stage(|| Stage::Encap {
                         peer,
-                        wire,
+                        wire: kind,
                         outer_src,
                         outer_dst,
                         vni,
-                        udp_src: None,
+                        udp_src,
                     });
                 }
             }
@@ -235,7 +276,7 @@ impl Engine {
                 port.counters.rx_drop();
             }
         }
-        self.egress_stages(&mut r, Some(p), dom, v);
+        self.egress_stages(&mut r, Some(p), dom, v, (self.pool.frame(d), off));
         self.apply(io, Some(p), dom, d, off, v);
         rec.stages = r.stages;
         if let Some(t) = &self.trace {
@@ -260,7 +301,7 @@ impl Engine {
         let v = self
             .switch
             .ingress(p, frame, &Offload::NONE, false, now, &mut r);
-        self.egress_stages(&mut r, Some(p), dom, v);
+        self.egress_stages(&mut r, Some(p), dom, v, (&*frame, Offload::NONE));
         rec.stages = r.stages;
         rec
     }
@@ -336,7 +377,7 @@ impl Engine {
         buf: BufIdx,
         at: usize,
         len: usize,
-        src: Ipv4Addr,
+        (src, sport): (Ipv4Addr, u16),
         gro_size: u16,
     ) {
         let step = if gro_size == 0 {
@@ -362,7 +403,15 @@ impl Engine {
                 start + encap::VXLAN_HDR_LEN,
                 dlen - encap::VXLAN_HDR_LEN,
             );
-            self.gro_push(io, Origin::Vxlan { domain, peer }, inner);
+            self.gro_push(
+                io,
+                Origin::Vxlan {
+                    domain,
+                    peer,
+                    sport,
+                },
+                inner,
+            );
         }
         self.gro_flush(io);
         self.pool.release(buf);
@@ -570,7 +619,7 @@ impl Engine {
     fn deliver(&mut self, io: &mut dyn TxIo, origin: Origin, d: Desc, off: Offload) {
         if self.trace_on {
             let (domain, peer) = match origin {
-                Origin::Vxlan { domain, peer } => (domain, Some(peer)),
+                Origin::Vxlan { domain, peer, .. } => (domain, Some(peer)),
                 Origin::Routed { domain, src } => {
                     (domain, src.and_then(|s| self.switch.peer_by_ip(s)))
                 }
@@ -587,7 +636,7 @@ impl Engine {
         }
         let now = self.now;
         let (v, dom) = match origin {
-            Origin::Vxlan { domain, peer } => (
+            Origin::Vxlan { domain, peer, .. } => (
                 self.switch
                     .tunnel_ingress(domain, peer, self.pool.frame_mut(d), now, &mut Off),
                 domain,
@@ -629,20 +678,25 @@ impl Engine {
             .as_ref()
             .map_or(Ipv4Addr::UNSPECIFIED, |u| u.up.local_ip);
         let worker = self.id;
-        let (wire, outer_src, vni, peer) = match origin {
-            Origin::Vxlan { domain, peer } => (
+        let (wire, outer_src, vni, peer, udp_src) = match origin {
+            Origin::Vxlan {
+                domain,
+                peer,
+                sport,
+            } => (
                 WireKind::Vxlan,
                 self.switch
                     .peer(peer)
                     .map_or(Ipv4Addr::UNSPECIFIED, |c| c.underlay_ip),
                 self.switch.domain_conf(domain).and_then(|c| c.vni),
                 Some(peer),
+                Some(sport),
             ),
             Origin::Routed { src: Some(s), .. } => {
-                (WireKind::Ipip, s, None, self.switch.peer_by_ip(s))
+                (WireKind::Ipip, s, None, self.switch.peer_by_ip(s), None)
             }
             Origin::Routed { src: None, .. } => {
-                (WireKind::Direct, Ipv4Addr::UNSPECIFIED, None, None)
+                (WireKind::Direct, Ipv4Addr::UNSPECIFIED, None, None, None)
             }
         };
         r.stage(|| Stage::RxUnderlay {
@@ -651,12 +705,16 @@ impl Engine {
             outer_src,
             outer_dst: local,
             vni,
-            udp_src: None,
+            udp_src,
             peer,
         });
+        if off.is_gso() {
+            let segments = segments_of(self.pool.frame(d), &off);
+            r.stage(|| Stage::Coalesce { segments });
+        }
         let now = self.now;
         let v = match origin {
-            Origin::Vxlan { domain, peer } => {
+            Origin::Vxlan { domain, peer, .. } => {
                 self.switch
                     .tunnel_ingress(domain, peer, self.pool.frame_mut(d), now, &mut r)
             }
@@ -665,7 +723,7 @@ impl Engine {
                     .routed_ingress(domain, self.pool.frame_mut(d), &mut r)
             }
         };
-        self.egress_stages(&mut r, None, Some(dom), v);
+        self.egress_stages(&mut r, None, Some(dom), v, (self.pool.frame(d), off));
         self.apply(io, None, Some(dom), d, off, v);
         rec.stages = r.stages;
         if let Some(t) = &self.trace {
@@ -1204,6 +1262,16 @@ impl Engine {
         dirty.clear();
         self.dirty = dirty;
         self.flush_underlay(io);
+    }
+}
+
+/// How many segments a superframe holds (1 for anything else).
+fn segments_of(frame: &[u8], off: &Offload) -> u16 {
+    match (off.is_gso(), Layout::of(frame)) {
+        (true, Some(l)) if off.gso_size > 0 => {
+            (frame.len().saturating_sub(l.payload)).div_ceil(usize::from(off.gso_size)) as u16
+        }
+        _ => 1,
     }
 }
 

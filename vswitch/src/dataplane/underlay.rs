@@ -30,6 +30,8 @@ pub struct Uplink {
     /// VXLAN senders, each pair bound to its own source port (flows are spread over them):
     /// single datagrams (zero UDP checksum) and `UDP_SEGMENT` trains (checksummed).
     pub vxlan_tx: Vec<(InetSocket, InetSocket)>,
+    /// The source port of each `vxlan_tx` pair (traces show it).
+    pub vxlan_ports: Vec<u16>,
     /// The kernel takes `UDP_SEGMENT` on the VXLAN senders.
     pub udp_gso: bool,
     /// VXLAN receivers, one per worker (`SO_REUSEPORT`: the kernel spreads outer flows, and

@@ -643,7 +643,9 @@ impl Worker {
             for (i, b) in bufs[..k].iter().enumerate() {
                 if i < got {
                     let r = out[i];
-                    self.with_tx(|e, tx| e.rx_vxlan(tx, *b, at, r.len, r.src, r.gro_size));
+                    self.with_tx(|e, tx| {
+                        e.rx_vxlan(tx, *b, at, r.len, (r.src, r.port), r.gro_size)
+                    });
                 } else {
                     self.engine.pool.release(*b);
                 }

@@ -54,6 +54,8 @@ pub struct Msg<'a> {
 pub struct Received {
     pub len: usize,
     pub src: Ipv4Addr,
+    /// The sender's UDP port (0 for raw sockets).
+    pub port: u16,
     /// With `UDP_GRO`: the size of each coalesced datagram (0: a single datagram).
     pub gro_size: u16,
 }
@@ -63,6 +65,7 @@ impl Default for Received {
         Received {
             len: 0,
             src: Ipv4Addr::UNSPECIFIED,
+            port: 0,
             gro_size: 0,
         }
     }
@@ -334,6 +337,7 @@ impl InetSocket {
             out[i] = Received {
                 len: hdrs[i].msg_len as usize,
                 src: Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr)),
+                port: u16::from_be(addrs[i].sin_port),
                 gro_size: gro,
             };
         }
