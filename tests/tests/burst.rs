@@ -33,6 +33,19 @@ fn stat(lab: &Lab, ns: &str, name: &str) -> u64 {
     .unwrap()
 }
 
+/// What a failure message needs to say where frames went: the node's interfaces (host ends of
+/// the pods' veths) with their kernel counters, the ports' stats and the daemon's log.
+fn diagnostics(lab: &Lab, d: &vswitch_lab::Daemon) -> String {
+    format!(
+        "{}\n{}\n{}",
+        lab.exec(&d.node_ns, &["ip", "-s", "-s", "link"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default(),
+        d.ctl(&["stats"]).unwrap_or_default(),
+        d.log_tail(20)
+    )
+}
+
 fn burst(attach: &str) {
     let mut lab = Lab::new().unwrap();
     let d = lab.node_with_network(attach, "").unwrap();
@@ -85,7 +98,7 @@ fn burst(attach: &str) {
         "{attach}: {out} frames left the pod, {delivered} were delivered and {counted} counted \
          as dropped: {} unaccounted\n{}",
         out as i64 - accounted as i64,
-        d.log_tail(20)
+        diagnostics(&lab, &d)
     );
 }
 

@@ -311,6 +311,23 @@ struct Worker {
     events: Events,
     /// Packet-socket/underlay descriptors that became readable (io_uring poll completions).
     ready: Vec<u64>,
+    /// Descriptors whose last read stopped at the turn's budget, not at an empty queue.
+    undrained: Vec<u64>,
+}
+
+/// What one read of a descriptor did: frames received, and whether more may be queued (the
+/// read stopped at its budget or for lack of buffers rather than at an empty queue).
+#[derive(Clone, Copy)]
+struct Rx {
+    frames: usize,
+    more: bool,
+}
+
+impl Rx {
+    const DRAINED: Rx = Rx {
+        frames: 0,
+        more: false,
+    };
 }
 
 impl Worker {
@@ -361,6 +378,7 @@ impl Worker {
             uplink_polled: false,
             events: Vec::with_capacity(8192),
             ready: Vec::with_capacity(256),
+            undrained: Vec::with_capacity(256),
         })
     }
 
@@ -425,6 +443,12 @@ impl Worker {
         let mut control = false;
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
+        ready.append(&mut self.undrained);
+        let timeout = if ready.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
         match &mut self.backend {
             Backend::Epoll(ep) => {
                 let n = ep.wait(ev, Some(timeout))?;
@@ -465,13 +489,24 @@ impl Worker {
                 self.events = events;
             }
         }
+        let uring = matches!(self.backend, Backend::Uring(_));
         for &token in &ready {
-            match token {
-                CONTROL_TOKEN => control = true,
-                VXLAN_TOKEN => moved += self.rx_vxlan(),
-                IPIP_TOKEN => moved += self.rx_ipip(),
-                DIRECT_TOKEN => moved += self.rx_direct(),
-                t => moved += self.rx_port_ready(t as PortIdx),
+            let rx = match token {
+                CONTROL_TOKEN => {
+                    control = true;
+                    Rx::DRAINED
+                }
+                VXLAN_TOKEN => self.rx_vxlan(),
+                IPIP_TOKEN => self.rx_ipip(),
+                DIRECT_TOKEN => self.rx_direct(),
+                t => self.rx_port_ready(t as PortIdx),
+            };
+            moved += rx.frames;
+            // A multishot poll fires on new arrivals only: a descriptor left with frames queued
+            // would wait for the next one (forever, after the last frame of a burst). Read it
+            // again next turn instead. Epoll is level-triggered and reports it by itself.
+            if rx.more && uring && !self.undrained.contains(&token) {
+                self.undrained.push(token);
             }
         }
         self.ready = ready;
@@ -543,9 +578,9 @@ impl Worker {
     }
 
     /// A readable port in readiness mode (epoll: any port; io_uring: packet sockets).
-    fn rx_port_ready(&mut self, p: PortIdx) -> usize {
+    fn rx_port_ready(&mut self, p: PortIdx) -> Rx {
         let Some(port) = self.engine.port(p) else {
-            return 0;
+            return Rx::DRAINED;
         };
         match port.dev.clone() {
             PortDev::Tap(tap) => {
@@ -566,11 +601,17 @@ impl Worker {
                             if e.kind() != io::ErrorKind::WouldBlock {
                                 tracing::debug!(port = p, "tap read: {e}");
                             }
-                            break;
+                            return Rx {
+                                frames: n,
+                                more: false,
+                            };
                         }
                     }
                 }
-                n
+                Rx {
+                    frames: n,
+                    more: true,
+                }
             }
             PortDev::Packet(sock) => {
                 let mut total = 0;
@@ -600,12 +641,19 @@ impl Worker {
                     }
                     total += got;
                     if got < k {
-                        break;
+                        return Rx {
+                            frames: total,
+                            more: false,
+                        };
                     }
                 }
-                total
+                // The budget ran out (or the pool did) with frames possibly still queued.
+                Rx {
+                    frames: total,
+                    more: true,
+                }
             }
-            PortDev::Fake { .. } => 0,
+            PortDev::Fake { .. } => Rx::DRAINED,
         }
     }
 
@@ -616,9 +664,9 @@ impl Worker {
         }
     }
 
-    fn rx_vxlan(&mut self) -> usize {
+    fn rx_vxlan(&mut self) -> Rx {
         let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
-            return 0;
+            return Rx::DRAINED;
         };
         // The 8-byte VXLAN header lands just before HEADROOM, so the inner frame starts there.
         let at = HEADROOM - encap::VXLAN_HDR_LEN;
@@ -652,15 +700,22 @@ impl Worker {
             }
             total += got;
             if got < k {
-                break;
+                return Rx {
+                    frames: total,
+                    more: false,
+                };
             }
         }
-        total
+        // The budget ran out (or the pool did) with frames possibly still queued.
+        Rx {
+            frames: total,
+            more: true,
+        }
     }
 
-    fn rx_ipip(&mut self) -> usize {
+    fn rx_ipip(&mut self) -> Rx {
         let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
-            return 0;
+            return Rx::DRAINED;
         };
         // Outer IPv4 header (20 bytes without options) lands before HEADROOM; the inner packet
         // at HEADROOM, with room for the Ethernet header in front of it.
@@ -691,18 +746,25 @@ impl Worker {
             self.with_tx(|e, tx| e.gro_flush(tx));
             total += got;
             if got < k {
-                break;
+                return Rx {
+                    frames: total,
+                    more: false,
+                };
             }
         }
-        total
+        // The budget ran out (or the pool did) with frames possibly still queued.
+        Rx {
+            frames: total,
+            more: true,
+        }
     }
 
-    fn rx_direct(&mut self) -> usize {
+    fn rx_direct(&mut self) -> Rx {
         let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
-            return 0;
+            return Rx::DRAINED;
         };
         let Some(sock) = up.direct_rx.as_ref() else {
-            return 0;
+            return Rx::DRAINED;
         };
         let at = HEADROOM - VNET_HDR_LEN;
         let mut total = 0;
@@ -730,10 +792,17 @@ impl Worker {
             }
             total += got;
             if got < k {
-                break;
+                return Rx {
+                    frames: total,
+                    more: false,
+                };
             }
         }
-        total
+        // The budget ran out (or the pool did) with frames possibly still queued.
+        Rx {
+            frames: total,
+            more: true,
+        }
     }
 
     fn apply_learned(&mut self) {
