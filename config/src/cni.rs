@@ -451,8 +451,9 @@ mod tests {
 
     #[test]
     fn decode_errors_name_the_field() {
-        let e = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch","mtu":"big"}"#)
-            .unwrap_err();
+        let e =
+            NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch","mtu":"big"}"#)
+                .unwrap_err();
         assert!(e.contains("field `mtu`"), "{e}");
         let e = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch","runtimeConfig":{"ips":[5]}}"#,

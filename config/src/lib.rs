@@ -949,14 +949,16 @@ mod tests {
         assert_eq!(field, "network[1].mtu");
         assert!(reason.contains("line 8"), "{reason}");
         assert!(msg.contains("field `network[1].mtu`"), "{msg}");
-        let (field, _) = parse_field_of(DaemonConfig::from_toml_str("workers = 'x'", "t").unwrap_err());
+        let (field, _) =
+            parse_field_of(DaemonConfig::from_toml_str("workers = 'x'", "t").unwrap_err());
         assert_eq!(field, "workers");
         let (field, _) = parse_field_of(
             DaemonConfig::from_toml_str("[node]\nunderlay_ip = 5", "t").unwrap_err(),
         );
         assert_eq!(field, "node.underlay_ip");
         // A syntax error has no field, but still a line.
-        let (field, reason) = parse_field_of(DaemonConfig::from_toml_str("workers = = 2", "t").unwrap_err());
+        let (field, reason) =
+            parse_field_of(DaemonConfig::from_toml_str("workers = = 2", "t").unwrap_err());
         assert_eq!(field, "");
         assert!(reason.contains("line 1"), "{reason}");
     }

@@ -150,6 +150,18 @@ impl NetconfError {
     }
 }
 
+/// Deletes `ifname` inside `netns` if it is there: `Ok(true)` if it was, `Ok(false)` if not
+/// (CNI DEL of an interface no record knows of: left behind by a crash).
+pub fn remove_link_in(netns: &Path, ifname: &str) -> Result<bool, NetconfError> {
+    match ip_in(netns, &["link", "del", "dev", ifname]) {
+        Ok(_) => Ok(true),
+        Err(NetconfError::Command { stderr, .. }) if stderr.contains("Cannot find device") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletes `ifname` inside `netns`, ignoring "not found" (used for rollback and port removal).
 pub fn delete_link_in(netns: &Path, ifname: &str) {
     let _ = ip_in(netns, &["link", "del", "dev", ifname]);

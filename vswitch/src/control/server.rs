@@ -316,7 +316,10 @@ mod tests {
         let mut s = Trickle(vec![b"{\"op\":".to_vec(), b"\"ping\"}\n{\"op\"".to_vec()]);
         let mut buf = Vec::new();
         let far = Instant::now() + Duration::from_secs(5);
-        assert_eq!(read_line(&mut s, &mut buf, far).unwrap(), r#"{"op":"ping"}"#);
+        assert_eq!(
+            read_line(&mut s, &mut buf, far).unwrap(),
+            r#"{"op":"ping"}"#
+        );
         assert_eq!(buf, br#"{"op""#);
         assert_eq!(read_line(&mut s, &mut buf, far), Err(LineEnd::TimedOut));
     }
@@ -330,7 +333,10 @@ mod tests {
         assert_eq!(read_line(&mut s, &mut buf, past), Err(LineEnd::TimedOut));
         let mut big = Trickle(vec![vec![b'a'; 4096]; MAX_REQUEST / 4096 + 2]);
         let far = Instant::now() + Duration::from_secs(5);
-        assert_eq!(read_line(&mut big, &mut Vec::new(), far), Err(LineEnd::TooLong));
+        assert_eq!(
+            read_line(&mut big, &mut Vec::new(), far),
+            Err(LineEnd::TooLong)
+        );
     }
 
     #[test]

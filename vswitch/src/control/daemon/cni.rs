@@ -1,18 +1,32 @@
 //! CNI operations (ADD, DEL, CHECK, GC) on top of networks, ports and IPAM.
+//!
+//! An attachment is keyed by (CNI network name, container id, ifname), as in the spec: several
+//! CNI networks may share one isolation domain (the same `bridge`), and an operation of one never
+//! touches another's attachments.
 
 use vswitch_config::{validate_name, Ipv4Net, NetworkConfig, RouteSpec};
 
-use super::{err, Daemon};
-use crate::control::ipam::IpamError;
+use super::ports::CniOwner;
+use super::{err, Daemon, Port};
+use crate::control::ipam::{IpamError, Owner};
 use crate::control::netconf;
+use std::collections::HashSet;
 use vswitch_api::{
-    ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply,
+    ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply, CniGc,
     CniGcReply, CniIpam, ErrorKind, PortAdd,
 };
 
 impl Daemon {
     pub(super) fn cni_port_id(container_id: &str, ifname: &str) -> String {
         format!("{container_id}/{ifname}")
+    }
+
+    /// The port of attachment (network, container id, ifname), if this network holds it. An
+    /// empty `network` (a plugin that does not send it) matches any.
+    fn cni_port(&self, network: &str, container_id: &str, ifname: &str) -> Option<&Port> {
+        self.ports
+            .get(&Self::cni_port_id(container_id, ifname))
+            .filter(|p| owned_by(p, network))
     }
 
     /// CNI ADD: network on first use, addresses (durably assigned before any interface exists),
@@ -23,7 +37,7 @@ impl Daemon {
         let id = Self::cni_port_id(&r.container_id, &r.ifname);
         // A retried ADD of an attachment that exists returns what it has.
         if let Some(p) = self.ports.get(&id) {
-            if p.info.network == r.domain {
+            if p.info.network == r.domain && owned_by(p, &r.network) {
                 let info = p.info.clone();
                 let subnet = self.networks[&r.domain].conf.subnet;
                 let gw = self.networks[&r.domain].conf.gateway_ip();
@@ -45,7 +59,11 @@ impl Daemon {
             }
             return Err(err(
                 ErrorKind::PortExists,
-                format!("attachment {id} exists in network {:?}", p.info.network),
+                format!(
+                    "attachment {id} exists in network {:?} (domain {:?})",
+                    p.info.cni_network.as_deref().unwrap_or_default(),
+                    p.info.network
+                ),
             ));
         }
         // Addresses first (durable), then the network they imply.
@@ -56,9 +74,15 @@ impl Daemon {
                     .attachments(&r.domain)
                     .iter()
                     .any(|(c, i, _)| *c == r.container_id && *i == r.ifname);
+                let owner = Owner {
+                    network: &r.network,
+                    container_id: &r.container_id,
+                    ifname: &r.ifname,
+                    pod: r.pod.as_ref(),
+                };
                 let assigned = self
                     .ipam
-                    .assign(&r.domain, &r.container_id, &r.ifname, plan, requested)
+                    .assign(&r.domain, &owner, plan, requested)
                     .map_err(ipam_err)?;
                 let addrs: Vec<CniAddr> = assigned
                     .iter()
@@ -83,7 +107,9 @@ impl Daemon {
         };
         let undo_alloc = |me: &mut Self| {
             if fresh_alloc {
-                let _ = me.ipam.release(&r.domain, &r.container_id, &r.ifname);
+                let _ = me
+                    .ipam
+                    .release(&r.domain, &r.network, &r.container_id, &r.ifname);
             }
         };
         let Some(first) = addrs.first().copied() else {
@@ -131,7 +157,14 @@ impl Daemon {
             router: false,
         };
         let added = self
-            .port_add(req, Some(r.container_id.clone()))
+            .port_add(
+                req,
+                Some(CniOwner {
+                    container_id: r.container_id.clone(),
+                    network: r.network.clone(),
+                    pod: r.pod.clone(),
+                }),
+            )
             .and_then(|info| {
                 if created_network {
                     self.persist_networks()?;
@@ -161,33 +194,80 @@ impl Daemon {
     }
 
     /// CNI DEL: idempotent; keeps going after a failed step and releases the addresses anyway.
+    /// Without a record of the attachment (a crash, a lost state file), whatever interface of
+    /// that name is in the pod's netns is removed, as the bridge plugin does: it is this
+    /// attachment's by the runtime's say, and leaving it would make the next ADD fail.
     pub(super) fn cni_del(&mut self, a: &CniAttachment) -> Result<(), ApiError> {
         let id = Self::cni_port_id(&a.container_id, &a.ifname);
         let mut first_err = None;
-        if self.ports.contains_key(&id) {
+        if self
+            .cni_port(&a.network, &a.container_id, &a.ifname)
+            .is_some()
+        {
             if let Err(e) = self.port_del(&id) {
                 first_err = Some(e);
             }
+            self.port_routes.remove(&id);
+        } else if !self.ports.contains_key(&id) {
+            if let Err(e) = self.remove_orphan(a) {
+                first_err = Some(e);
+            }
         }
-        self.port_routes.remove(&id);
         if a.builtin_ipam {
-            if let Err(e) = self.ipam.release(&a.domain, &a.container_id, &a.ifname) {
+            if let Err(e) = self
+                .ipam
+                .release(&a.domain, &a.network, &a.container_id, &a.ifname)
+            {
                 first_err.get_or_insert(ipam_err(e));
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Removes `ifname` from the attachment's netns when no port holds it (see `cni_del`).
+    fn remove_orphan(&self, a: &CniAttachment) -> Result<(), ApiError> {
+        if a.netns.is_empty() {
+            return Ok(());
+        }
+        let ns = netconf::netns_path(&a.netns);
+        if !ns.exists() {
+            return Ok(()); // the pod is gone, and its interfaces with it
+        }
+        let claimed = self
+            .ports
+            .values()
+            .any(|p| p.netns == ns && p.info.ifname == a.ifname);
+        if claimed {
+            return Ok(());
+        }
+        match netconf::remove_link_in(&ns, &a.ifname) {
+            Ok(true) => {
+                tracing::warn!(
+                    container = %a.container_id, ifname = %a.ifname, netns = %a.netns,
+                    "CNI DEL: removed an interface no port record held (left behind by a crash)"
+                );
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(err(
+                ErrorKind::System,
+                format!("remove orphaned interface {} in {}: {e}", a.ifname, a.netns),
+            )),
+        }
+    }
+
     pub(super) fn cni_check(&self, a: &CniAttachment) -> Result<CniCheckReply, ApiError> {
         let id = Self::cni_port_id(&a.container_id, &a.ifname);
         let p = self
-            .ports
-            .get(&id)
+            .cni_port(&a.network, &a.container_id, &a.ifname)
             .filter(|p| p.info.network == a.domain)
             .ok_or_else(|| {
                 err(
                     ErrorKind::UnknownPort,
-                    format!("no attachment {id} in network {:?}", a.domain),
+                    format!(
+                        "no attachment {id} of network {:?} in domain {:?}",
+                        a.network, a.domain
+                    ),
                 )
             })?;
         let observed = netconf::observe(&p.netns, &p.info.ifname);
@@ -197,19 +277,18 @@ impl Daemon {
         })
     }
 
-    pub(super) fn cni_gc(
-        &mut self,
-        domain: &str,
-        valid: &[CniAttachmentId],
-    ) -> Result<CniGcReply, ApiError> {
-        let keep: std::collections::HashSet<(String, String)> = valid
+    /// CNI GC of one network: removes its attachments (ports and allocations) that `valid` does
+    /// not list. Attachments of other networks of the same domain are never candidates.
+    pub(super) fn cni_gc(&mut self, r: &CniGc) -> Result<CniGcReply, ApiError> {
+        let mut keep: HashSet<(String, String)> = r
+            .valid
             .iter()
             .map(|v| (v.container_id.clone(), v.ifname.clone()))
             .collect();
         let stale: Vec<String> = self
             .ports
             .values()
-            .filter(|p| p.info.network == domain)
+            .filter(|p| p.info.network == r.domain && owned_by(p, &r.network))
             .filter(|p| {
                 p.info
                     .container_id
@@ -225,9 +304,17 @@ impl Daemon {
                 reply.removed_ports.push(id);
             }
         }
+        // Allocations recorded without a network name are candidates for any network's GC:
+        // keep those a live port still uses.
+        keep.extend(
+            self.ports
+                .values()
+                .filter(|p| p.info.network == r.domain)
+                .filter_map(|p| Some((p.info.container_id.clone()?, p.info.ifname.clone()))),
+        );
         reply.released = self
             .ipam
-            .gc(domain, &keep)
+            .gc(&r.domain, &r.network, &keep)
             .map_err(ipam_err)?
             .into_iter()
             .map(|(container_id, ifname)| CniAttachmentId {
@@ -237,6 +324,16 @@ impl Daemon {
             .collect();
         Ok(reply)
     }
+}
+
+/// The port belongs to CNI network `network` (an empty name, or a port without one, matches:
+/// requests and records from before the network was sent).
+fn owned_by(p: &Port, network: &str) -> bool {
+    network.is_empty()
+        || p.info
+            .cni_network
+            .as_deref()
+            .is_none_or(|n| n.is_empty() || n == network)
 }
 
 pub(super) fn ipam_err(e: IpamError) -> ApiError {

@@ -23,9 +23,7 @@ use crate::dataplane::port::PortDev;
 use crate::dataplane::underlay::Uplink;
 use crate::dataplane::worker::{Command, WorkerHandle};
 use crate::dataplane::PortCounters;
-use vswitch_api::{
-    answer, ApiError, Done, ErrorKind, IpamAllocation, PingReply, PortInfo, Reply, Request,
-};
+use vswitch_api::{answer, ApiError, Done, ErrorKind, PingReply, PortInfo, Reply, Request};
 
 mod cni;
 mod networks;
@@ -233,20 +231,9 @@ impl Daemon {
             Request::CniAdd(r) => answer(r, |r| self.cni_add(r)),
             Request::CniDel(r) => answer(r, |r| self.cni_del(&r.0).map(|_| Done {})),
             Request::CniCheck(r) => answer(r, |r| self.cni_check(&r.0)),
-            Request::CniGc(r) => answer(r, |r| self.cni_gc(&r.domain, &r.valid)),
+            Request::CniGc(r) => answer(r, |r| self.cni_gc(&r)),
             Request::PeerList(r) => answer(r, |_| Ok(self.peer_list())),
-            Request::IpamShow(r) => answer(r, |r| {
-                Ok(self
-                    .ipam
-                    .attachments(&r.domain)
-                    .into_iter()
-                    .map(|(container_id, ifname, ips)| IpamAllocation {
-                        container_id,
-                        ifname,
-                        ips,
-                    })
-                    .collect())
-            }),
+            Request::IpamShow(r) => answer(r, |r| Ok(self.ipam.allocations(&r.domain))),
         }
     }
 

@@ -169,11 +169,9 @@ impl Daemon {
             .map(|n| &n.conf)
             .collect();
         let path = self.cfg.state_dir.join(NETWORKS_FILE);
-        let tmp = path.with_extension("json.tmp");
         let text =
             serde_json::to_string_pretty(&runtime).map_err(|e| sys_err("encode networks", e))?;
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        crate::control::store::write_atomic(&path, text.as_bytes())
             .map_err(|e| sys_err(&format!("write {}", path.display()), e))
     }
 }

@@ -32,6 +32,14 @@ pub(super) fn random_mac() -> MacAddr {
     MacAddr(b)
 }
 
+/// The CNI attachment a port was created for.
+pub(super) struct CniOwner {
+    pub container_id: String,
+    /// CNI network name (may be empty from an old plugin).
+    pub network: String,
+    pub pod: Option<vswitch_api::PodRef>,
+}
+
 impl Daemon {
     pub(super) fn next_link_name(&mut self, kind: &str) -> String {
         self.link_counter = self.link_counter.wrapping_add(1);
@@ -161,7 +169,7 @@ impl Daemon {
     pub(super) fn port_add(
         &mut self,
         r: PortAdd,
-        container_id: Option<String>,
+        cni: Option<CniOwner>,
     ) -> Result<PortInfo, ApiError> {
         let id =
             r.id.clone()
@@ -278,7 +286,9 @@ impl Daemon {
             ips: r.ips.clone(),
             mtu,
             worker: owner,
-            container_id,
+            container_id: cni.as_ref().map(|c| c.container_id.clone()),
+            cni_network: cni.as_ref().map(|c| c.network.clone()),
+            pod: cni.and_then(|c| c.pod),
         };
         let port = Port {
             info: info.clone(),
