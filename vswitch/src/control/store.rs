@@ -15,6 +15,15 @@ use std::path::{Path, PathBuf};
 /// which other local users have no business reading.
 pub const STATE_FILE_MODE: u32 = 0o600;
 
+/// Narrows an existing state file to [`STATE_FILE_MODE`] (files written by older versions were
+/// 0644); a missing file is fine.
+pub fn restrict(path: &Path) -> std::io::Result<()> {
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(STATE_FILE_MODE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 /// Replaces `path` with `bytes` atomically and durably: a temp file beside it (mode 0600, even
 /// if a stale temp file with a wider mode is left over), fsynced, renamed over `path`, then the
 /// directory fsynced so the rename itself survives a power cut. After a crash the file holds the
@@ -68,6 +77,10 @@ pub struct FileStore {
 impl FileStore {
     /// Opens (or creates empty) the store at `path`.
     pub fn open(path: &Path) -> Result<FileStore, StoreError> {
+        restrict(path).map_err(|source| StoreError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
         let data = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                 path: path.display().to_string(),
@@ -174,6 +187,13 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, STATE_FILE_MODE, "{mode:o}");
         assert!(s.get("b/1").is_none());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        FileStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, STATE_FILE_MODE,
+            "an old 0644 file is narrowed on open"
+        );
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(
             FileStore::open(&path),

@@ -179,6 +179,8 @@ impl Daemon {
 pub(super) fn load_networks(state_dir: &Path) -> anyhow::Result<Vec<NetworkConfig>> {
     use anyhow::Context;
     let path = state_dir.join(NETWORKS_FILE);
+    crate::control::store::restrict(&path)
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
