@@ -207,9 +207,8 @@ impl Plugin {
         let mac = self.requested_mac()?;
         let requested = self.requested_ips()?;
         let (ipam, delegated) = if self.builtin_ipam() {
-            let ic: IpamConf =
-                serde_json::from_value(self.conf.ipam.clone().unwrap_or_default())
-                    .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("ipam: {e}")))?;
+            let ic = IpamConf::from_value(self.conf.ipam.clone().unwrap_or_default())
+                .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
             let mut plan = ic
                 .plan()
                 .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;

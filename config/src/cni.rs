@@ -189,6 +189,20 @@ impl RangeConf {
 }
 
 impl IpamConf {
+    /// Decodes the config's `ipam` object; a value of the wrong type is an error naming its
+    /// field (`ipam.ranges[0][1].rangeStart`).
+    pub fn from_value(v: serde_json::Value) -> Result<IpamConf, ConfigError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = crate::error_path(e.path());
+            let field = if path.is_empty() {
+                "ipam".to_string()
+            } else {
+                format!("ipam.{path}")
+            };
+            ConfigError::invalid(field, e.into_inner().to_string())
+        })
+    }
+
     /// Validates the built-in IPAM section; field names in errors are prefixed with `ipam.`.
     pub fn plan(&self) -> Result<IpamPlan, ConfigError> {
         let mut sets = Vec::new();
@@ -401,6 +415,22 @@ mod tests {
         assert_eq!(
             bad(r#"{"type":"vswitch","ranges":[[{"subnet":"10.0.0.0/24","gateway":"10.9.0.1"}]]}"#),
             "ipam.ranges[0][0].gateway"
+        );
+    }
+
+    #[test]
+    fn ipam_type_errors_name_the_field() {
+        let e = IpamConf::from_value(serde_json::json!({"type": "vswitch",
+            "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.1.0/24", "rangeStart": 7}]]}))
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "ipam.ranges[0][1].rangeStart"),
+            "{e}"
+        );
+        let e = IpamConf::from_value(serde_json::json!("vswitch")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "ipam"),
+            "{e}"
         );
     }
 
