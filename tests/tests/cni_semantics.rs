@@ -420,8 +420,23 @@ fn is_default_gateway_gives_a_default_route_and_pod_names_are_shown() {
         text.contains("shop/web-0") && text.contains("shop/web-1"),
         "{text}"
     );
+}
 
-    // State files are the owner's only.
+#[test]
+fn state_files_are_the_owners_only() {
+    if !require_root("state_files_are_the_owners_only") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let node = lab.netns("node").unwrap();
+    let d = lab.daemon(&node, "").unwrap();
+    let p = lab.netns("p").unwrap();
+    // A runtime-created network (networks.json) and an allocation (ipam.json).
+    add_ok(
+        &d,
+        &env("c-m", &ns_path(&p), "eth0", "m"),
+        &conf(&d, "modes", "br-modes", json!({})),
+    );
     for f in ["ipam.json", "networks.json"] {
         let p = d.state_dir.join(f);
         let mode = std::fs::metadata(&p)

@@ -71,7 +71,8 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum IpamCmd {
-    /// Show the allocations of a network (CNI domain).
+    /// Show the allocations of a network (CNI domain: `domain`, `bridge` or `name`, with
+    /// `.vlan<N>` for a VLAN), with the CNI network and Kubernetes pod holding each.
     Show { network: String },
 }
 
