@@ -237,18 +237,6 @@ fn configs_differing_only_in_vlan_do_not_reach_each_other() {
         &env("c20", &ns_path(&p20), "net1", "p20"),
         &with(20, static_ip("192.168.7.20", "02:00:00:00:20:14")),
     );
-    let nets = d.ctl_json(&["network", "list"]).unwrap();
-    let names: Vec<&str> = nets
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|n| n["name"].as_str())
-        .collect();
-    assert!(
-        names.contains(&"br-trunk.vlan10") && names.contains(&"br-trunk.vlan20"),
-        "one domain per (bridge, vlan): {names:?}"
-    );
-
     // Positive control: the same VLAN works.
     assert!(
         lab.ping_until(&p10, "192.168.7.11", Duration::from_secs(5)),
@@ -276,6 +264,18 @@ fn configs_differing_only_in_vlan_do_not_reach_each_other() {
         "{} frame(s) from vlan 10 seen in vlan 20:\n{}",
         leaked.len(),
         show_lines(&leaked, 10)
+    );
+
+    let nets = d.ctl_json(&["network", "list"]).unwrap();
+    let names: Vec<&str> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"br-trunk.vlan10") && names.contains(&"br-trunk.vlan20"),
+        "one domain per (bridge, vlan): {names:?}"
     );
 
     // A trunk is not silently accepted.
