@@ -331,7 +331,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             table(
                 &[
                     "PORT", "NETWORK", "NETNS", "IFNAME", "ATTACH", "DEVICE", "MAC", "IPS", "MTU",
-                    "WORKER", "POD",
+                    "WORKER", "STATE", "POD",
                 ],
                 ports
                     .iter()
@@ -347,6 +347,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                             join_ips(&p.ips),
                             p.mtu.to_string(),
                             p.worker.to_string(),
+                            p.state.to_string(),
                             p.pod.as_ref().map_or("-".into(), |p| p.to_string()),
                         ]
                     })

@@ -13,7 +13,7 @@ use crate::control::netconf;
 use std::collections::HashSet;
 use vswitch_api::{
     ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply, CniGc,
-    CniGcReply, CniIpam, ErrorKind, PortAdd,
+    CniGcReply, CniIpam, ErrorKind, PortAdd, PortInfo,
 };
 
 impl Daemon {
@@ -26,7 +26,7 @@ impl Daemon {
     fn cni_port(&self, network: &str, container_id: &str, ifname: &str) -> Option<&Port> {
         self.ports
             .get(&Self::cni_port_id(container_id, ifname))
-            .filter(|p| owned_by(p, network))
+            .filter(|p| owned_by(&p.info, network))
     }
 
     /// CNI ADD: network on first use, addresses (durably assigned before any interface exists),
@@ -37,7 +37,7 @@ impl Daemon {
         let id = Self::cni_port_id(&r.container_id, &r.ifname);
         // A retried ADD of an attachment that exists returns what it has.
         if let Some(p) = self.ports.get(&id) {
-            if p.info.network == r.domain && owned_by(p, &r.network) {
+            if p.info.network == r.domain && owned_by(&p.info, &r.network) {
                 let info = p.info.clone();
                 let subnet = self.networks[&r.domain].conf.subnet;
                 let gw = self.networks[&r.domain].conf.gateway_ip();
@@ -200,17 +200,20 @@ impl Daemon {
     pub(super) fn cni_del(&mut self, a: &CniAttachment) -> Result<(), ApiError> {
         let id = Self::cni_port_id(&a.container_id, &a.ifname);
         let mut first_err = None;
-        if self
+        let live = self
             .cni_port(&a.network, &a.container_id, &a.ifname)
-            .is_some()
-        {
+            .is_some();
+        // A port persisted by an earlier run whose interface was gone at start: DEL forgets it.
+        let gone = self.gone.get(&id).is_some_and(|i| owned_by(i, &a.network));
+        if live || gone {
             if let Err(e) = self.port_del(&id) {
                 first_err = Some(e);
             }
             self.port_routes.remove(&id);
-        } else if !self.ports.contains_key(&id) {
+        }
+        if !self.ports.contains_key(&id) {
             if let Err(e) = self.remove_orphan(a) {
-                first_err = Some(e);
+                first_err.get_or_insert(e);
             }
         }
         if a.builtin_ipam {
@@ -285,17 +288,19 @@ impl Daemon {
             .iter()
             .map(|v| (v.container_id.clone(), v.ifname.clone()))
             .collect();
+        // Live ports and those persisted by an earlier run but gone at start alike.
         let stale: Vec<String> = self
             .ports
             .values()
-            .filter(|p| p.info.network == r.domain && owned_by(p, &r.network))
-            .filter(|p| {
-                p.info
-                    .container_id
+            .map(|p| &p.info)
+            .chain(self.gone.values())
+            .filter(|i| i.network == r.domain && owned_by(i, &r.network))
+            .filter(|i| {
+                i.container_id
                     .as_ref()
-                    .is_some_and(|c| !keep.contains(&(c.clone(), p.info.ifname.clone())))
+                    .is_some_and(|c| !keep.contains(&(c.clone(), i.ifname.clone())))
             })
-            .map(|p| p.info.id.clone())
+            .map(|i| i.id.clone())
             .collect();
         let mut reply = CniGcReply::default();
         for id in stale {
@@ -305,12 +310,14 @@ impl Daemon {
             }
         }
         // Allocations recorded without a network name are candidates for any network's GC:
-        // keep those a live port still uses.
+        // keep those a port (live, or gone but not yet deleted) still holds.
         keep.extend(
             self.ports
                 .values()
-                .filter(|p| p.info.network == r.domain)
-                .filter_map(|p| Some((p.info.container_id.clone()?, p.info.ifname.clone()))),
+                .map(|p| &p.info)
+                .chain(self.gone.values())
+                .filter(|i| i.network == r.domain)
+                .filter_map(|i| Some((i.container_id.clone()?, i.ifname.clone()))),
         );
         reply.released = self
             .ipam
@@ -328,10 +335,9 @@ impl Daemon {
 
 /// The port belongs to CNI network `network` (an empty name, or a port without one, matches:
 /// requests and records from before the network was sent).
-fn owned_by(p: &Port, network: &str) -> bool {
+fn owned_by(p: &PortInfo, network: &str) -> bool {
     network.is_empty()
-        || p.info
-            .cni_network
+        || p.cni_network
             .as_deref()
             .is_none_or(|n| n.is_empty() || n == network)
 }

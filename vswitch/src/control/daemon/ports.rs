@@ -5,16 +5,17 @@ use std::io::Read;
 use std::sync::Arc;
 
 use vswitch_config::{
-    is_host_of, validate_ifname, validate_name, MacAddr, NetworkConfig, NetworkKind,
+    is_host_of, validate_ifname, validate_name, MacAddr, NetworkConfig, NetworkKind, RouteSpec,
 };
 
 use super::{err, sys_err, Daemon, Port};
 use crate::control::device;
 use crate::control::netconf::{self, PodIfConfig};
 use crate::dataplane::pipeline::PortConf;
+use crate::dataplane::port::PortDev;
 use crate::dataplane::worker::Command;
 use crate::dataplane::PortCounters;
-use vswitch_api::{ApiError, ErrorKind, PortAdd, PortInfo};
+use vswitch_api::{ApiError, ErrorKind, PortAdd, PortInfo, PortState};
 
 pub(super) fn random_mac() -> MacAddr {
     let mut b = [0u8; 6];
@@ -182,7 +183,7 @@ impl Daemon {
         }
         let mac = self.validate_port(&r, &id)?;
         let net = &self.networks[&r.network];
-        let (conf, domain) = (net.conf.clone(), net.idx);
+        let conf = net.conf.clone();
         let mtu = conf.effective_mtu(self.underlay_mtu);
         let ns = netconf::netns_path(&r.netns);
 
@@ -243,12 +244,56 @@ impl Daemon {
                 }
             }
         };
-        let dev = io;
+        let info = PortInfo {
+            id: id.clone(),
+            network: r.network.clone(),
+            netns: r.netns.clone(),
+            ifname: r.ifname.clone(),
+            host_ifname,
+            state: PortState::Up,
+            attach,
+            mac,
+            ips: r.ips.clone(),
+            mtu,
+            worker: self.least_loaded_worker(),
+            container_id: cni.as_ref().map(|c| c.container_id.clone()),
+            cni_network: cni.as_ref().map(|c| c.network.clone()),
+            pod: cni.and_then(|c| c.pod),
+        };
+        let info = self.install_port(info, io, r.router, r.routes.clone())?;
+        if let Err(e) = self.persist_ports() {
+            let _ = self.port_del(&id);
+            return Err(e);
+        }
+        tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
+        Ok(info)
+    }
+
+    /// Hands an open device to the workers (its owner polls it) and records the port. Taps are
+    /// made persistent here, once nothing can fail any more, so a failed ADD still removes its
+    /// tap by closing it, and a port that was added outlives the daemon.
+    pub(super) fn install_port(
+        &mut self,
+        mut info: PortInfo,
+        dev: PortDev,
+        router: bool,
+        routes: Vec<RouteSpec>,
+    ) -> Result<PortInfo, ApiError> {
+        let Some(net) = self.networks.get(&info.network) else {
+            return Err(err(
+                ErrorKind::UnknownNetwork,
+                format!("unknown network {:?}", info.network),
+            ));
+        };
+        let domain = net.idx;
+        if info.worker >= self.workers.len() {
+            info.worker = self.least_loaded_worker();
+        }
+        let owner = info.worker;
         let idx = self.free_ports.pop_first().unwrap_or_else(|| {
             self.next_port += 1;
             self.next_port - 1
         });
-        let owner = self.least_loaded_worker();
         let counters: Vec<Arc<PortCounters>> = self
             .workers
             .iter()
@@ -256,11 +301,11 @@ impl Daemon {
             .collect();
         let pconf = PortConf {
             domain,
-            mac,
-            ips: r.ips.clone(),
+            mac: info.mac,
+            ips: info.ips.clone(),
             ips6: Vec::new(),
-            router: r.router,
-            max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
+            router,
+            max_frame: usize::from(info.mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
         for w in &self.workers {
@@ -275,39 +320,33 @@ impl Daemon {
                 break;
             }
         }
-        let info = PortInfo {
-            id: id.clone(),
-            network: r.network.clone(),
-            netns: r.netns.clone(),
-            ifname: r.ifname.clone(),
-            host_ifname,
-            attach,
-            mac,
-            ips: r.ips.clone(),
-            mtu,
-            worker: owner,
-            container_id: cni.as_ref().map(|c| c.container_id.clone()),
-            cni_network: cni.as_ref().map(|c| c.network.clone()),
-            pod: cni.and_then(|c| c.pod),
-        };
+        let installed =
+            installed
+                .map_err(|e| sys_err("install port", e))
+                .and_then(|_| match &dev {
+                    PortDev::Tap(t) => t.set_persist(true).map_err(|e| sys_err("persist tap", e)),
+                    _ => Ok(()),
+                });
+        let id = info.id.clone();
         let port = Port {
             info: info.clone(),
             idx,
-            netns: ns,
+            netns: netconf::netns_path(&info.netns),
             counters,
             kernel_drops: Default::default(),
             dev: Some(dev),
+            router,
+            routes,
         };
+        self.ports.insert(id.clone(), port);
+        self.gone.remove(&id);
         if let Err(e) = installed {
-            self.ports.insert(id.clone(), port);
             let _ = self.port_del(&id);
-            return Err(sys_err("install port", e));
+            return Err(e);
         }
         if let Some(w) = self.workers.get(owner) {
             let _ = w.call(Command::Announce { idx });
         }
-        tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
-        self.ports.insert(id, port);
         Ok(info)
     }
 
@@ -318,6 +357,10 @@ impl Daemon {
     }
 
     pub(super) fn port_del(&mut self, id: &str) -> Result<(), ApiError> {
+        if self.gone.remove(id).is_some() && !self.ports.contains_key(id) {
+            tracing::info!(port = %id, "gone port forgotten");
+            return self.persist_ports();
+        }
         let mut p = self
             .ports
             .remove(id)
@@ -325,6 +368,12 @@ impl Daemon {
         let idx = p.idx;
         // Workers first (they drop their references), then the device.
         let res = self.broadcast(|| Command::RemovePort { idx });
+        if let Some(PortDev::Tap(t)) = &p.dev {
+            // Closing the last descriptor of a non-persistent tap removes it wherever it is.
+            if let Err(e) = t.set_persist(false) {
+                tracing::warn!(port = %id, "tap: {e}");
+            }
+        }
         drop(p.dev.take());
         match p.info.attach {
             vswitch_config::AttachKind::Tap => {}
@@ -335,6 +384,9 @@ impl Daemon {
         }
         self.free_ports.insert(idx);
         tracing::info!(port = %id, "port removed");
+        if let Err(e) = self.persist_ports() {
+            tracing::warn!(port = %id, "{e}");
+        }
         res
     }
 }
