@@ -5,7 +5,8 @@
 //! - `vlan` gives each (bridge, vlan) its own domain: configs differing only in `vlan` do not
 //!   reach each other (ping fails, a capture sees nothing cross);
 //! - DEL removes whatever it finds of an attachment, an interface left behind without a record
-//!   included, so DEL then ADD always recovers (also after a `kill -9` of vswitchd);
+//!   included, so DEL then ADD always recovers (also after a `kill -9` of vswitchd), and DEL
+//!   forgets a port whose pod went away while the daemon was down;
 //! - `isDefaultGateway` gives the pod a default route via the gateway;
 //! - `K8S_POD_NAMESPACE`/`K8S_POD_NAME` are shown by `ipam show` and `port list`;
 //! - state files are mode 0600.
@@ -446,4 +447,60 @@ fn state_files_are_the_owners_only() {
             & 0o777;
         assert_eq!(mode, 0o600, "{f} has mode {mode:o}");
     }
+}
+
+#[test]
+fn del_forgets_a_port_whose_pod_went_away_while_the_daemon_was_down() {
+    if !require_root("del_forgets_a_port_whose_pod_went_away_while_the_daemon_was_down") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let node = lab.netns("node").unwrap();
+    let d = lab.daemon(&node, "").unwrap();
+    let (pk, pg) = (lab.netns("keep").unwrap(), lab.netns("gone").unwrap());
+    let c = conf(&d, "down", "br-down", json!({"attach": "af_packet"}));
+    let (ek, eg) = (
+        env("c-keep", &ns_path(&pk), "eth0", "keep"),
+        env("c-gone", &ns_path(&pg), "eth0", "gone"),
+    );
+    add_ok(&d, &ek, &c);
+    add_ok(&d, &eg, &c);
+    run(Command::new("kill").args(["-9", &d.pid().to_string()])).unwrap();
+    lab.stop(d.pid());
+    // The pod's interface goes while nobody watches.
+    lab.exec_ok(&pg, &["ip", "link", "del", "eth0"]).unwrap();
+    let d = lab.daemon(&node, "").unwrap();
+    let state = |d: &Daemon, cid: &str| -> Option<String> {
+        let ports = d.ctl_json(&["port", "list"]).unwrap();
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["container_id"] == cid)
+            .map(|p| p["state"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(state(&d, "c-gone").as_deref(), Some("gone"));
+    // GC of another network on the same bridge leaves it alone; DEL of its own forgets it.
+    let mut gc = conf(&d, "other", "br-down", json!({}));
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(cni("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc).ok);
+    assert!(
+        state(&d, "c-gone").is_some(),
+        "another network's GC took it"
+    );
+    let del = cni("DEL", &eg, &c);
+    assert!(del.ok, "{} {}", del.out, del.stderr);
+    assert_eq!(state(&d, "c-gone"), None, "DEL left the gone port listed");
+    let allocs = d.ctl_json(&["ipam", "show", "br-down"]).unwrap();
+    let owners: Vec<&str> = allocs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["container_id"].as_str())
+        .collect();
+    assert_eq!(owners, vec!["c-keep"], "{allocs}");
+    // ADD again brings the pod back.
+    add_ok(&d, &eg, &c);
+    assert!(lab.ping_until(&pg, "192.168.7.1", Duration::from_secs(5)));
+    assert!(lab.ping_until(&pk, "192.168.7.1", Duration::from_secs(5)));
 }
