@@ -205,51 +205,17 @@ impl Daemon {
                 routes: &r.routes,
             }
         }
-        // Create the device and configure the pod side; on failure undo and report.
         let attach = r.attach.unwrap_or(conf.attach);
-        let (io, host_ifname) = match attach {
-            vswitch_config::AttachKind::Tap => {
-                let tmp = self.next_link_name("vst");
-                // Created inside the pod's namespace: no device move needed afterwards.
-                let tap = device::open_tap(&ns, &tmp, conf.offloads)
-                    .map_err(|e| {
-                        err(
-                            ErrorKind::NetnsNotFound,
-                            format!("enter netns {:?}: {e}", r.netns),
-                        )
-                    })?
-                    .map_err(|e| sys_err("create tap", e))?;
-                if let Err(e) = netconf::configure_in(&ns, &pod_if(&tmp, &r, mac, &conf, mtu)) {
-                    drop(tap); // closing the fd removes the tap wherever it is
-                    return Err(pod_if_err(&r, e));
-                }
-                (tap, r.ifname.clone())
-            }
-            vswitch_config::AttachKind::AfPacket => {
-                let host = self.next_link_name("vsh");
-                let peer = self.next_link_name("vsp");
-                netconf::create_host_veth(&host, &peer, mtu, &ns)
-                    .map_err(|e| sys_err("create veth", e))?;
-                let opened = netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
-                    .map_err(|e| pod_if_err(&r, e))
-                    .and_then(|_| {
-                        device::open_packet(&host).map_err(|e| sys_err("open AF_PACKET socket", e))
-                    });
-                match opened {
-                    Ok(s) => (s, host),
-                    Err(e) => {
-                        netconf::delete_link(&host);
-                        return Err(e);
-                    }
-                }
-            }
+        let host = match attach {
+            vswitch_config::AttachKind::Tap => r.ifname.clone(),
+            vswitch_config::AttachKind::AfPacket => self.next_link_name("vsh"),
         };
         let info = PortInfo {
             id: id.clone(),
             network: r.network.clone(),
             netns: r.netns.clone(),
             ifname: r.ifname.clone(),
-            host_ifname,
+            host_ifname: host.clone(),
             state: PortState::Up,
             attach,
             mac,
@@ -260,11 +226,84 @@ impl Daemon {
             cni_network: cni.as_ref().map(|c| c.network.clone()),
             pod: cni.and_then(|c| c.pod),
         };
-        let info = self.install_port(info, io, r.router, r.routes.clone())?;
-        if let Err(e) = self.persist_ports() {
-            let _ = self.port_del(&id);
+        // The port's record goes to disk (fsync'd) while the interface is being plumbed: a
+        // record whose interface never came to be is reconciled as gone at the next start.
+        let persisted = self.spawn_persist(&info, r.router, &r.routes, conf.offloads);
+        let undo_record = |me: &Self, persisted: std::thread::JoinHandle<Result<(), ApiError>>| {
+            let _ = persisted.join();
+            if let Err(e) = me.persist_ports() {
+                tracing::warn!(port = %info.id, "{e}");
+            }
+        };
+        // Create the device and configure the pod side; on failure undo and report.
+        let io = match attach {
+            vswitch_config::AttachKind::Tap => {
+                let tmp = self.next_link_name("vst");
+                // Created inside the pod's namespace: no device move needed afterwards.
+                let tap = device::open_tap(&ns, &tmp, conf.offloads)
+                    .map_err(|e| {
+                        err(
+                            ErrorKind::NetnsNotFound,
+                            format!("enter netns {:?}: {e}", r.netns),
+                        )
+                    })
+                    .and_then(|t| t.map_err(|e| sys_err("create tap", e)));
+                let configured = tap.and_then(|tap| {
+                    match netconf::configure_in(&ns, &pod_if(&tmp, &r, mac, &conf, mtu)) {
+                        Ok(()) => Ok(tap),
+                        // Closing the fd removes the (not yet persistent) tap wherever it is.
+                        Err(e) => Err(pod_if_err(&r, e)),
+                    }
+                });
+                match configured {
+                    Ok(t) => t,
+                    Err(e) => {
+                        undo_record(self, persisted);
+                        return Err(e);
+                    }
+                }
+            }
+            vswitch_config::AttachKind::AfPacket => {
+                let peer = self.next_link_name("vsp");
+                let opened = netconf::create_host_veth(&host, &peer, mtu, &ns)
+                    .map_err(|e| sys_err("create veth", e))
+                    .and_then(|_| {
+                        netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu)).map_err(
+                            |e| {
+                                netconf::delete_link(&host);
+                                pod_if_err(&r, e)
+                            },
+                        )
+                    })
+                    .and_then(|_| {
+                        device::open_packet(&host).map_err(|e| {
+                            netconf::delete_link(&host);
+                            sys_err("open AF_PACKET socket", e)
+                        })
+                    });
+                match opened {
+                    Ok(s) => s,
+                    Err(e) => {
+                        undo_record(self, persisted);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        // Joined before anything else writes the file (only one writer at a time).
+        let written = persisted
+            .join()
+            .unwrap_or_else(|_| Err(sys_err("write ports", "writer thread panicked")));
+        if let Err(e) = written {
+            drop(io);
+            if attach == vswitch_config::AttachKind::AfPacket {
+                netconf::delete_link(&host);
+            }
+            let _ = self.persist_ports();
             return Err(e);
         }
+        // On failure install_port removes the port again, record included.
+        let info = self.install_port(info, io, r.router, r.routes.clone())?;
         tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
         Ok(info)
     }

@@ -57,11 +57,39 @@ fn reopen_tap(ns: &Path, ifname: &str, offloads: bool) -> Result<PortDev, String
     }
 }
 
+fn write_records(path: &Path, records: &[PortRecord]) -> Result<(), ApiError> {
+    let text = serde_json::to_vec_pretty(records).map_err(|e| sys_err("encode ports", e))?;
+    write_atomic(path, &text).map_err(|e| sys_err(&format!("write {}", path.display()), e))
+}
+
 impl Daemon {
     /// Writes every live port (and the gone ones still shown) to the state dir, durably.
     pub(super) fn persist_ports(&self) -> Result<(), ApiError> {
-        let records: Vec<PortRecord> = self
-            .ports
+        write_records(&self.cfg.state_dir.join(PORTS_FILE), &self.records())
+    }
+
+    /// Like [`Daemon::persist_ports`] with one more port (being added), on a thread of its own
+    /// so the fsyncs overlap with plumbing; join it before the ADD returns.
+    pub(super) fn spawn_persist(
+        &self,
+        info: &PortInfo,
+        router: bool,
+        routes: &[RouteSpec],
+        offloads: bool,
+    ) -> std::thread::JoinHandle<Result<(), ApiError>> {
+        let mut records = self.records();
+        records.push(PortRecord {
+            info: info.clone(),
+            router,
+            routes: routes.to_vec(),
+            offloads,
+        });
+        let path = self.cfg.state_dir.join(PORTS_FILE);
+        std::thread::spawn(move || write_records(&path, &records))
+    }
+
+    fn records(&self) -> Vec<PortRecord> {
+        self.ports
             .values()
             .map(|p| PortRecord {
                 info: PortInfo {
@@ -81,10 +109,7 @@ impl Daemon {
                 routes: Vec::new(),
                 offloads: true,
             }))
-            .collect();
-        let path = self.cfg.state_dir.join(PORTS_FILE);
-        let text = serde_json::to_vec_pretty(&records).map_err(|e| sys_err("encode ports", e))?;
-        write_atomic(&path, &text).map_err(|e| sys_err(&format!("write {}", path.display()), e))
+            .collect()
     }
 
     /// Re-attaches the persisted ports whose interfaces are alive; records the others as gone.
