@@ -103,12 +103,30 @@ pub struct CniAddr {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// The Kubernetes pod an attachment belongs to (`K8S_POD_NAMESPACE`, `K8S_POD_NAME` of CNI_ARGS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CniAdd {
     pub container_id: String,
     pub ifname: String,
     pub netns: String,
+    /// The CNI network name (config `name`): with container id and ifname, the attachment's key.
+    #[serde(default)]
+    pub network: String,
     pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
     /// Used when the network does not exist yet.
     #[serde(default)]
     pub attach: Option<AttachKind>,
@@ -126,11 +144,18 @@ pub struct CniAttachmentId {
     pub ifname: String,
 }
 
-/// One attachment, as DEL and CHECK name it.
+/// One attachment, as DEL and CHECK name it: (network, container id, ifname).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CniAttachment {
     pub container_id: String,
     pub ifname: String,
+    /// The CNI network name (config `name`).
+    #[serde(default)]
+    pub network: String,
+    /// The pod's netns as the runtime passed it (may be empty on DEL): where DEL looks for an
+    /// interface left behind without a record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns: String,
     /// Isolation domain (= vswitch network name).
     pub domain: String,
     /// Release addresses from the built-in IPAM (DEL).
@@ -146,8 +171,12 @@ pub struct CniDel(pub CniAttachment);
 #[serde(transparent)]
 pub struct CniCheck(pub CniAttachment);
 
+/// GC of one CNI network: only its own attachments (by network name) are candidates, even when
+/// other networks share its domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CniGc {
+    #[serde(default)]
+    pub network: String,
     pub domain: String,
     pub valid: Vec<CniAttachmentId>,
 }
@@ -201,6 +230,11 @@ pub struct IpamAllocation {
     pub container_id: String,
     pub ifname: String,
     pub ips: Vec<Ipv4Addr>,
+    /// The CNI network that holds it (absent for allocations recorded before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -220,6 +254,30 @@ pub struct NetworkInfo {
     pub ports: usize,
 }
 
+/// A port's standing after a daemon restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortState {
+    /// Created by this daemon run.
+    #[default]
+    Up,
+    /// Persisted by an earlier run, its interface found alive and re-attached at start.
+    Restored,
+    /// Persisted by an earlier run, its interface or namespace gone at start: nothing of it is
+    /// forwarded; its addresses stay assigned until the runtime's DEL (or `port del`).
+    Gone,
+}
+
+impl std::fmt::Display for PortState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortState::Up => "up",
+            PortState::Restored => "restored",
+            PortState::Gone => "gone",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {
     pub id: String,
@@ -228,6 +286,9 @@ pub struct PortInfo {
     pub ifname: String,
     /// Name of the device the daemon holds: the tap (inside the pod) or the host veth end.
     pub host_ifname: String,
+    /// Where the port stands after the daemon's last start (reconciliation with what exists).
+    #[serde(default)]
+    pub state: PortState,
     pub attach: AttachKind,
     pub mac: MacAddr,
     pub ips: Vec<Ipv4Addr>,
@@ -236,6 +297,11 @@ pub struct PortInfo {
     /// Set for ports created through CNI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The CNI network name of the attachment (ports created through CNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use vswitch_api::{
-    ApiError, Call, ClientError, CniAdd, CniAttachment, CniAttachmentId, CniCheck, CniDel, CniGc,
-    CniIpam, ErrorKind, Ping,
+    ApiError, Call, ClientError, CniAdd, CniAddr, CniAttachment, CniAttachmentId, CniCheck, CniDel,
+    CniGc, CniIpam, ErrorKind, Ping, PodRef,
 };
 use vswitch_config::cni::{parse_mac, IpamConf, NetConf, BUILTIN_IPAM, SUPPORTED_VERSIONS};
-use vswitch_config::{MacAddr, DEFAULT_SOCKET};
+use vswitch_config::{Ipv4Net, MacAddr, RouteSpec, DEFAULT_SOCKET};
 
 use env::CniEnv;
 
@@ -85,6 +85,8 @@ fn api_error(e: ClientError) -> CniError {
                 ErrorKind::AddressExhausted => code::ADDRESS_EXHAUSTED,
                 ErrorKind::NetnsNotFound => code::UNKNOWN_CONTAINER,
                 ErrorKind::UnknownPort => code::CHECK_MISMATCH,
+                // Too many control connections or shutting down: the runtime should retry.
+                ErrorKind::Unavailable => code::TRY_AGAIN,
                 _ => code::DAEMON,
             };
             CniError::new(c, message)
@@ -105,8 +107,23 @@ struct Plugin {
 }
 
 impl Plugin {
-    fn call<C: Call>(&self, req: C) -> Result<C::Reply, CniError> {
-        vswitch_api::call(&self.socket, req, Duration::from_secs(60)).map_err(api_error)
+    /// One request; while vswitchd refuses it as busy (connection cap reached: the request was
+    /// not taken), retried for a few seconds before the runtime is told to try again.
+    fn call<C: Call + Clone>(&self, req: C) -> Result<C::Reply, CniError> {
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match vswitch_api::call(&self.socket, req.clone(), Duration::from_secs(60)) {
+                Err(ClientError::Api(ApiError {
+                    kind: ErrorKind::Unavailable,
+                    ..
+                })) if std::time::Instant::now() + pause < give_up => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                r => return r.map_err(api_error),
+            }
+        }
     }
 
     fn builtin_ipam(&self) -> bool {
@@ -168,9 +185,20 @@ impl Plugin {
         CniAttachment {
             container_id: self.env.container_id.clone(),
             ifname: self.env.ifname.clone(),
-            domain: self.conf.domain().to_string(),
+            network: self.conf.name.clone(),
+            netns: self.env.netns.clone(),
+            domain: self.conf.domain(),
             builtin_ipam: self.builtin_ipam(),
         }
+    }
+
+    /// The Kubernetes pod, when the runtime says (Multus and the kubelet's runtimes set both).
+    fn pod(&self) -> Option<PodRef> {
+        Some(PodRef {
+            namespace: self.env.arg("K8S_POD_NAMESPACE")?.to_string(),
+            name: self.env.arg("K8S_POD_NAME")?.to_string(),
+        })
+        .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
     }
 
     fn add(&self) -> Result<Value, CniError> {
@@ -179,23 +207,35 @@ impl Plugin {
         let mac = self.requested_mac()?;
         let requested = self.requested_ips()?;
         let (ipam, delegated) = if self.builtin_ipam() {
-            let ic: IpamConf =
-                serde_json::from_value(self.conf.ipam.clone().unwrap_or_default())
-                    .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("ipam: {e}")))?;
-            let plan = ic
+            let ic = IpamConf::from_value(self.conf.ipam.clone().unwrap_or_default())
+                .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+            let mut plan = ic
                 .plan()
                 .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+            if self.conf.is_default_gateway && !plan.routes.iter().any(|(d, _)| d.prefix_len() == 0)
+            {
+                // No next hop: vswitchd uses the range's gateway, as for any route without `gw`.
+                plan.routes.push((Ipv4Net::default(), None));
+            }
             (CniIpam::Builtin { plan, requested }, false)
         } else {
             let t = self.conf.ipam_type().unwrap_or_default().to_string();
             let res = delegate::exec(&t, "ADD", &self.env, &self.raw)?;
-            (delegate::to_fixed(&res)?, true)
+            let mut fixed = delegate::to_fixed(&res)?;
+            if self.conf.is_default_gateway {
+                if let CniIpam::Fixed { addrs, routes } = &mut fixed {
+                    default_route_via_gateway(addrs, routes);
+                }
+            }
+            (fixed, true)
         };
         let req = CniAdd {
             container_id: self.env.container_id.clone(),
             ifname: self.env.ifname.clone(),
             netns: self.env.netns.clone(),
-            domain: self.conf.domain().to_string(),
+            network: self.conf.name.clone(),
+            pod: self.pod(),
+            domain: self.conf.domain(),
             attach: self.conf.attach,
             mtu: self.conf.mtu,
             mac,
@@ -266,7 +306,8 @@ impl Plugin {
             .unwrap_or_default();
         let unique: HashSet<_> = valid.iter().cloned().collect();
         let reply = self.call(CniGc {
-            domain: self.conf.domain().to_string(),
+            network: self.conf.name.clone(),
+            domain: self.conf.domain(),
             valid: unique.into_iter().collect(),
         })?;
         log(
@@ -297,6 +338,20 @@ impl Plugin {
             CniError::new(code::NOT_AVAILABLE, "vswitchd is not available")
                 .details(format!("{} ({})", e.msg, e.details))
         })
+    }
+}
+
+/// `isDefaultGateway` with a delegated IPAM result: the bridge plugin's behaviour, a default
+/// route via the first address's gateway (the switch answers for it), unless IPAM gave one.
+fn default_route_via_gateway(addrs: &[CniAddr], routes: &mut Vec<RouteSpec>) {
+    if routes.iter().any(|r| r.dst.prefix_len() == 0) {
+        return;
+    }
+    if let Some(gw) = addrs.iter().find_map(|a| a.gateway) {
+        routes.push(RouteSpec {
+            dst: Ipv4Net::default(),
+            via: Some(gw),
+        });
     }
 }
 
@@ -442,6 +497,23 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_gateway_route_for_delegated_ipam() {
+        let addrs = [CniAddr {
+            ip: "10.1.0.5".parse().unwrap(),
+            prefix: 24,
+            gateway: Some("10.1.0.1".parse().unwrap()),
+        }];
+        let mut routes = Vec::new();
+        default_route_via_gateway(&addrs, &mut routes);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst.prefix_len(), 0);
+        assert_eq!(routes[0].via, addrs[0].gateway);
+        // An IPAM-given default route wins.
+        default_route_via_gateway(&addrs, &mut routes);
+        assert_eq!(routes.len(), 1);
+    }
 
     #[test]
     fn versions() {

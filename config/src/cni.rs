@@ -31,6 +31,16 @@ pub struct NetConf {
     /// The bridge plugin's key: same bridge name means same L2 segment.
     #[serde(default)]
     pub bridge: Option<String>,
+    /// The bridge plugin's access VLAN: each (domain, vlan) is its own isolation domain; 0 or
+    /// absent means untagged.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// The bridge plugin's trunk ports: not supported (rejected, never silently dropped).
+    #[serde(default)]
+    pub vlan_trunk: Option<serde_json::Value>,
+    /// The bridge plugin's key: the pod gets a default route via the network gateway.
+    #[serde(default)]
+    pub is_default_gateway: bool,
     #[serde(default)]
     pub attach: Option<AttachKind>,
     #[serde(default)]
@@ -179,6 +189,20 @@ impl RangeConf {
 }
 
 impl IpamConf {
+    /// Decodes the config's `ipam` object; a value of the wrong type is an error naming its
+    /// field (`ipam.ranges[0][1].rangeStart`).
+    pub fn from_value(v: serde_json::Value) -> Result<IpamConf, ConfigError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = crate::error_path(e.path());
+            let field = if path.is_empty() {
+                "ipam".to_string()
+            } else {
+                format!("ipam.{path}")
+            };
+            ConfigError::invalid(field, e.into_inner().to_string())
+        })
+    }
+
     /// Validates the built-in IPAM section; field names in errors are prefixed with `ipam.`.
     pub fn plan(&self) -> Result<IpamPlan, ConfigError> {
         let mut sets = Vec::new();
@@ -235,18 +259,38 @@ impl IpamConf {
 }
 
 impl NetConf {
-    /// Parses stdin; errors are decode errors (CNI code 6).
+    /// Parses stdin; errors are decode errors (CNI code 6) naming the field whose value has the
+    /// wrong type (`field `mtu`: invalid type ...`).
     pub fn parse(bytes: &[u8]) -> Result<NetConf, String> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| format!("cannot decode network configuration: {e}"))
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = crate::error_path(e.path());
+            if field.is_empty() {
+                format!("cannot decode network configuration: {}", e.inner())
+            } else {
+                format!(
+                    "cannot decode network configuration: field `{field}`: {}",
+                    e.inner()
+                )
+            }
+        })
     }
 
-    /// The isolation domain: `domain`, else `bridge`, else `name`.
-    pub fn domain(&self) -> &str {
+    /// The segment the config names: `domain`, else `bridge`, else `name`.
+    fn base_domain(&self) -> &str {
         self.domain
             .as_deref()
             .or(self.bridge.as_deref())
             .unwrap_or(&self.name)
+    }
+
+    /// The isolation domain: `domain`, else `bridge`, else `name`; with a non-zero `vlan`,
+    /// `<that>.vlan<N>` (the kernel bridge keeps VLANs of one bridge apart, so do we).
+    pub fn domain(&self) -> String {
+        match self.vlan {
+            Some(v) if v != 0 => format!("{}.vlan{v}", self.base_domain()),
+            _ => self.base_domain().to_string(),
+        }
     }
 
     /// Checks the plugin's own keys (CNI code 7 on failure).
@@ -261,7 +305,24 @@ impl NetConf {
         } else {
             "name"
         };
-        validate_name(self.domain()).map_err(|r| ConfigError::invalid(field, r))?;
+        validate_name(self.base_domain()).map_err(|r| ConfigError::invalid(field, r))?;
+        if let Some(v) = self.vlan {
+            if v > 4094 {
+                return Err(ConfigError::invalid(
+                    "vlan",
+                    format!("{v} is outside 0..=4094"),
+                ));
+            }
+            validate_name(&self.domain()).map_err(|r| {
+                ConfigError::invalid("vlan", format!("domain with the VLAN suffix: {r}"))
+            })?;
+        }
+        if self.vlan_trunk.is_some() {
+            return Err(ConfigError::invalid(
+                "vlanTrunk",
+                "trunk ports are not supported: use one config per VLAN (`vlan`)",
+            ));
+        }
         if let Some(m) = self.mtu {
             if !(MIN_MTU..=MAX_MTU).contains(&m) {
                 return Err(ConfigError::invalid(
@@ -358,6 +419,22 @@ mod tests {
     }
 
     #[test]
+    fn ipam_type_errors_name_the_field() {
+        let e = IpamConf::from_value(serde_json::json!({"type": "vswitch",
+            "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.1.0/24", "rangeStart": 7}]]}))
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "ipam.ranges[0][1].rangeStart"),
+            "{e}"
+        );
+        let e = IpamConf::from_value(serde_json::json!("vswitch")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if field == "ipam"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn domain_precedence() {
         let mut c = NetConf {
             name: "n".into(),
@@ -368,5 +445,53 @@ mod tests {
         assert_eq!(c.domain(), "b");
         c.domain = Some("d".into());
         assert_eq!(c.domain(), "d");
+    }
+
+    fn conf(j: &str) -> NetConf {
+        NetConf::parse(j.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn vlan_splits_the_domain() {
+        let base = r#"{"cniVersion":"1.1.0","name":"n","type":"vswitch","bridge":"br0","ipam":{"type":"vswitch"}"#;
+        let none = conf(&format!("{base}}}"));
+        let zero = conf(&format!("{base},\"vlan\":0}}"));
+        let v10 = conf(&format!("{base},\"vlan\":10}}"));
+        let v20 = conf(&format!("{base},\"vlan\":20}}"));
+        assert_eq!(none.domain(), "br0");
+        assert_eq!(zero.domain(), "br0");
+        assert_eq!(v10.domain(), "br0.vlan10");
+        assert_ne!(v10.domain(), v20.domain());
+        v10.validate().unwrap();
+        let field = |c: NetConf| match c.validate().unwrap_err() {
+            ConfigError::Invalid { field, .. } => field,
+            e => panic!("{e}"),
+        };
+        assert_eq!(field(conf(&format!("{base},\"vlan\":4095}}"))), "vlan");
+        assert_eq!(
+            field(conf(&format!("{base},\"vlanTrunk\":[{{\"id\":5}}]}}"))),
+            "vlanTrunk"
+        );
+        let long = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"vswitch","bridge":"{}","vlan":7,"ipam":{{"type":"vswitch"}}}}"#,
+            "b".repeat(64)
+        );
+        assert_eq!(field(conf(&long)), "vlan");
+    }
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        let e =
+            NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch","mtu":"big"}"#)
+                .unwrap_err();
+        assert!(e.contains("field `mtu`"), "{e}");
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch","runtimeConfig":{"ips":[5]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("field `runtimeConfig.ips[0]`"), "{e}");
+        let e = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","isDefaultGateway":"yes"}"#)
+            .unwrap_err();
+        assert!(e.contains("field `isDefaultGateway`"), "{e}");
     }
 }

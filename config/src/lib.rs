@@ -33,10 +33,35 @@ pub const MAX_IFNAME_LEN: usize = 15;
 pub enum ConfigError {
     #[error("cannot read config file {path}: {reason}")]
     Read { path: String, reason: String },
-    #[error("config file {path} is not valid TOML for vswitchd: {reason}")]
-    Parse { path: String, reason: String },
+    /// Syntax or type error. `field` is the dotted path of the key being read when the
+    /// decoder failed (empty for a syntax error before any key); `reason` carries the line and
+    /// column.
+    #[error("config file {path}: {}{reason}", field_prefix(field))]
+    Parse {
+        path: String,
+        field: String,
+        reason: String,
+    },
     #[error("field `{field}`: {reason}")]
     Invalid { field: String, reason: String },
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        "not valid TOML for vswitchd: ".to_string()
+    } else {
+        format!("field `{field}`: ")
+    }
+}
+
+/// The dotted path of the key a decoder failed on (`network[0].mtu`), or empty at the top.
+pub fn error_path(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    if s == "." {
+        String::new()
+    } else {
+        s
+    }
 }
 
 impl ConfigError {
@@ -628,10 +653,15 @@ impl DaemonConfig {
 
     /// Parses and validates a TOML document; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_err = |field: String, e: toml::de::Error| ConfigError::Parse {
             path: origin.to_string(),
+            field,
             reason: e.to_string().trim().to_string(),
-        })?;
+        };
+        // Syntax first (no field to name), then types, tracking the path of the key being read.
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_err(String::new(), e))?;
+        let cfg: DaemonConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| parse_err(error_path(e.path()), e.into_inner()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -901,6 +931,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("vhost"), "{e}");
+    }
+
+    fn parse_field_of(e: ConfigError) -> (String, String) {
+        match e {
+            ConfigError::Parse { field, reason, .. } => (field, reason),
+            other => panic!("expected Parse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_field_and_the_line() {
+        let t = "workers = 2\n[[network]]\nname='a'\nsubnet='10.0.0.0/24'\n[[network]]\nname='b'\nsubnet='10.0.1.0/24'\nmtu='big'";
+        let e = DaemonConfig::from_toml_str(t, "t").unwrap_err();
+        let msg = e.to_string();
+        let (field, reason) = parse_field_of(e);
+        assert_eq!(field, "network[1].mtu");
+        assert!(reason.contains("line 8"), "{reason}");
+        assert!(msg.contains("field `network[1].mtu`"), "{msg}");
+        let (field, _) =
+            parse_field_of(DaemonConfig::from_toml_str("workers = 'x'", "t").unwrap_err());
+        assert_eq!(field, "workers");
+        let (field, _) = parse_field_of(
+            DaemonConfig::from_toml_str("[node]\nunderlay_ip = 5", "t").unwrap_err(),
+        );
+        assert_eq!(field, "node.underlay_ip");
+        // A syntax error has no field, but still a line.
+        let (field, reason) =
+            parse_field_of(DaemonConfig::from_toml_str("workers = = 2", "t").unwrap_err());
+        assert_eq!(field, "");
+        assert!(reason.contains("line 1"), "{reason}");
     }
 
     #[test]

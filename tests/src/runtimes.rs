@@ -84,9 +84,10 @@ pub fn vswitch_plugin(socket: &Path, bridge: &str, ipam: Value, extra: Value) ->
     p
 }
 
-/// A CNI 1.0.0 network configuration list with one plugin.
+/// A network configuration list with one plugin. `cniVersions` (CNI 1.1) lets a runtime that
+/// knows it pick 1.1.0 and send STATUS and GC; older runtimes read `cniVersion` (1.0.0).
 pub fn conflist(name: &str, plugin: Value) -> Value {
-    json!({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]})
+    json!({"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": name, "plugins": [plugin]})
 }
 
 /// Writes `text` to `path` atomically (temp file + rename), so a runtime never reads half a file.

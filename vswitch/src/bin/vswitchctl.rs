@@ -71,7 +71,8 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum IpamCmd {
-    /// Show the allocations of a network (CNI domain).
+    /// Show the allocations of a network (CNI domain: `domain`, `bridge` or `name`, with
+    /// `.vlan<N>` for a VLAN), with the CNI network and Kubernetes pod holding each.
     Show { network: String },
 }
 
@@ -330,7 +331,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             table(
                 &[
                     "PORT", "NETWORK", "NETNS", "IFNAME", "ATTACH", "DEVICE", "MAC", "IPS", "MTU",
-                    "WORKER",
+                    "WORKER", "STATE", "POD",
                 ],
                 ports
                     .iter()
@@ -346,6 +347,8 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                             join_ips(&p.ips),
                             p.mtu.to_string(),
                             p.worker.to_string(),
+                            p.state.to_string(),
+                            p.pod.as_ref().map_or("-".into(), |p| p.to_string()),
                         ]
                     })
                     .collect(),
@@ -391,9 +394,17 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                 return Ok(());
             }
             table(
-                &["CONTAINER", "IFNAME", "IPS"],
+                &["CONTAINER", "IFNAME", "IPS", "NETWORK", "POD"],
                 rows.iter()
-                    .map(|r| vec![r.container_id.clone(), r.ifname.clone(), join_ips(&r.ips)])
+                    .map(|r| {
+                        vec![
+                            r.container_id.clone(),
+                            r.ifname.clone(),
+                            join_ips(&r.ips),
+                            r.network.clone().unwrap_or_else(|| "-".into()),
+                            r.pod.as_ref().map_or("-".into(), |p| p.to_string()),
+                        ]
+                    })
                     .collect(),
             );
         }

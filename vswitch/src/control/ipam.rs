@@ -1,5 +1,7 @@
 //! Built-in IPAM (`ipam.type = "vswitch"`): host-local compatible ranges, static requests, and
-//! durable allocations keyed by (domain, container id, interface).
+//! durable allocations keyed by (domain, container id, interface), each recording the CNI
+//! network that holds it: CNI networks sharing a domain share its address space (so no two pods
+//! of one L2 segment get one IP), but DEL and GC of one network never release another's.
 //!
 //! An allocation is committed to the store before the caller creates any interface, so a crash
 //! at any point can leave at most an allocation whose container never got its interface; CNI GC
@@ -11,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use vswitch_api::{IpamAllocation, PodRef};
 use vswitch_config::cni::{IpamPlan, Range};
 
 use super::store::{FileStore, StoreError};
@@ -28,6 +31,12 @@ pub enum IpamError {
     SameRangeSet(Ipv4Addr, Ipv4Addr),
     #[error("no free address left in range set {0}")]
     Exhausted(usize),
+    #[error("container {container_id} interface {ifname} already holds addresses of network {network:?} in this domain")]
+    OtherNetwork {
+        container_id: String,
+        ifname: String,
+        network: String,
+    },
     #[error("attachment already holds {existing:?}, not the requested {requested:?}")]
     Mismatch {
         existing: Vec<Ipv4Addr>,
@@ -55,6 +64,28 @@ struct Record {
     container_id: String,
     ifname: String,
     addrs: Vec<Assigned>,
+    /// The CNI network name; absent in records written before it was kept (those belong to
+    /// whichever network of the domain asks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<PodRef>,
+}
+
+impl Record {
+    fn held_by(&self, network: &str) -> bool {
+        network.is_empty() || self.network.as_deref().is_none_or(|n| n == network)
+    }
+}
+
+/// Who an allocation is for: the CNI attachment key (network, container id, ifname) and the pod.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// CNI network name; empty from a plugin that does not send it (matches any).
+    pub network: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub pod: Option<&'a PodRef>,
 }
 
 /// Chooses addresses: one per range set, requested ones where given, else the next free one
@@ -196,17 +227,23 @@ impl Ipam {
     pub fn assign(
         &mut self,
         domain: &str,
-        container_id: &str,
-        ifname: &str,
+        owner: &Owner<'_>,
         plan: &IpamPlan,
         requested: &[Ipv4Addr],
     ) -> Result<Vec<Assigned>, IpamError> {
-        let key = alloc_key(domain, container_id, ifname);
+        let key = alloc_key(domain, owner.container_id, owner.ifname);
         if let Some(existing) = self
             .store
             .get(&key)
             .and_then(|v| serde_json::from_value::<Record>(v.clone()).ok())
         {
+            if !existing.held_by(owner.network) {
+                return Err(IpamError::OtherNetwork {
+                    container_id: owner.container_id.to_string(),
+                    ifname: owner.ifname.to_string(),
+                    network: existing.network.unwrap_or_default(),
+                });
+            }
             let have: Vec<Ipv4Addr> = existing.addrs.iter().map(|a| a.ip).collect();
             if requested.is_empty() || requested.iter().all(|r| have.contains(r)) {
                 return Ok(existing.addrs);
@@ -226,9 +263,11 @@ impl Ipam {
             .collect();
         let addrs = choose(plan, &used, requested, &last)?;
         let rec = Record {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
+            container_id: owner.container_id.to_string(),
+            ifname: owner.ifname.to_string(),
             addrs: addrs.clone(),
+            network: Some(owner.network.to_string()).filter(|n| !n.is_empty()),
+            pod: owner.pod.cloned(),
         };
         let mut puts = vec![(
             key,
@@ -244,30 +283,41 @@ impl Ipam {
         Ok(addrs)
     }
 
-    /// Releases an attachment's addresses; `Ok(false)` if it held none (DEL is idempotent).
+    /// Releases an attachment's addresses; `Ok(false)` if it held none, or they belong to
+    /// another network of the domain (DEL is idempotent and scoped to its network).
     pub fn release(
         &mut self,
         domain: &str,
+        network: &str,
         container_id: &str,
         ifname: &str,
     ) -> Result<bool, IpamError> {
         let key = alloc_key(domain, container_id, ifname);
-        if self.store.get(&key).is_none() {
+        let held = self
+            .store
+            .get(&key)
+            .and_then(|v| serde_json::from_value::<Record>(v.clone()).ok())
+            .is_some_and(|r| r.held_by(network));
+        if !held {
             return Ok(false);
         }
         self.store.commit(vec![], vec![key])?;
         Ok(true)
     }
 
-    /// Releases every attachment of `domain` not in `valid` (container id, ifname); returns them.
+    /// Releases every allocation of CNI network `network` in `domain` not in `valid` (container
+    /// id, ifname); returns them. Other networks' allocations are never candidates; records
+    /// without a network are, unless `valid` lists them (the caller adds every live port).
     pub fn gc(
         &mut self,
         domain: &str,
+        network: &str,
         valid: &HashSet<(String, String)>,
     ) -> Result<Vec<(String, String)>, IpamError> {
         let stale: Vec<(String, Record)> = self
             .records(domain)
             .into_iter()
+            .filter(|(_, r)| r.held_by(network))
             .filter(|(_, r)| !valid.contains(&(r.container_id.clone(), r.ifname.clone())))
             .collect();
         if stale.is_empty() {
@@ -279,6 +329,20 @@ impl Ipam {
             .into_iter()
             .map(|(_, r)| (r.container_id, r.ifname))
             .collect())
+    }
+
+    /// Every allocation of `domain`, with its network and pod, for `vswitchctl ipam show`.
+    pub fn allocations(&self, domain: &str) -> Vec<IpamAllocation> {
+        self.records(domain)
+            .into_iter()
+            .map(|(_, r)| IpamAllocation {
+                container_id: r.container_id,
+                ifname: r.ifname,
+                ips: r.addrs.iter().map(|a| a.ip).collect(),
+                network: r.network,
+                pod: r.pod,
+            })
+            .collect()
     }
 
     /// Every attachment of `domain`: (container id, ifname, addresses).
@@ -388,17 +452,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = plan(r#"{"type":"vswitch","subnet":"10.0.0.0/24"}"#);
         let mut ipam = Ipam::open(&dir).unwrap();
-        let a = ipam.assign("d", "c1", "eth0", &p, &[]).unwrap();
+        let a = ipam.assign("d", &owner("n", "c1"), &p, &[]).unwrap();
         assert_eq!(
-            ipam.assign("d", "c1", "eth0", &p, &[]).unwrap(),
+            ipam.assign("d", &owner("n", "c1"), &p, &[]).unwrap(),
             a,
             "retried ADD is idempotent"
         );
-        let b = ipam.assign("d", "c2", "eth0", &p, &[]).unwrap();
+        let b = ipam.assign("d", &owner("n", "c2"), &p, &[]).unwrap();
         assert_ne!(a[0].ip, b[0].ip);
         // Another domain may reuse the same address space.
         assert_eq!(
-            ipam.assign("other", "c1", "eth0", &p, &[]).unwrap()[0].ip,
+            ipam.assign("other", &owner("n", "c1"), &p, &[]).unwrap()[0].ip,
             a[0].ip
         );
         drop(ipam);
@@ -406,12 +470,77 @@ mod tests {
         assert_eq!(ipam.used("d").len(), 2);
         let valid: HashSet<_> = [("c1".to_string(), "eth0".to_string())].into();
         assert_eq!(
-            ipam.gc("d", &valid).unwrap(),
+            ipam.gc("d", "n", &valid).unwrap(),
             vec![("c2".to_string(), "eth0".to_string())]
         );
-        assert!(ipam.release("d", "c1", "eth0").unwrap());
-        assert!(!ipam.release("d", "c1", "eth0").unwrap());
+        assert!(ipam.release("d", "n", "c1", "eth0").unwrap());
+        assert!(!ipam.release("d", "n", "c1", "eth0").unwrap());
         assert!(ipam.used("d").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn owner<'a>(network: &'a str, container_id: &'a str) -> Owner<'a> {
+        Owner {
+            network,
+            container_id,
+            ifname: "eth0",
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn networks_sharing_a_domain_share_addresses_not_lifecycles() {
+        let dir = std::env::temp_dir().join(format!("vswitch-ipam-net-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = plan(r#"{"type":"vswitch","subnet":"10.0.0.0/24"}"#);
+        let mut ipam = Ipam::open(&dir).unwrap();
+        let pod = PodRef {
+            namespace: "ns".into(),
+            name: "web".into(),
+        };
+        let a = ipam
+            .assign(
+                "br",
+                &Owner {
+                    pod: Some(&pod),
+                    ..owner("A", "ca")
+                },
+                &p,
+                &[],
+            )
+            .unwrap();
+        let b = ipam.assign("br", &owner("B", "cb"), &p, &[]).unwrap();
+        assert_ne!(a[0].ip, b[0].ip, "one domain, one address space");
+        // GC for A with an empty valid list: B's allocation stays.
+        let none = HashSet::new();
+        assert_eq!(
+            ipam.gc("br", "A", &none).unwrap(),
+            vec![("ca".to_string(), "eth0".to_string())]
+        );
+        assert_eq!(ipam.used("br").len(), 1);
+        // DEL and ADD of B's key through network A touch nothing.
+        assert!(!ipam.release("br", "A", "cb", "eth0").unwrap());
+        assert!(matches!(
+            ipam.assign("br", &owner("A", "cb"), &p, &[]),
+            Err(IpamError::OtherNetwork { .. })
+        ));
+        let shown = ipam.allocations("br");
+        assert_eq!(shown[0].network.as_deref(), Some("B"));
+        let a = ipam
+            .assign(
+                "br",
+                &Owner {
+                    pod: Some(&pod),
+                    ..owner("A", "ca")
+                },
+                &p,
+                &[],
+            )
+            .unwrap();
+        let shown = ipam.allocations("br");
+        let rec = shown.iter().find(|r| r.ips == vec![a[0].ip]).unwrap();
+        assert_eq!(rec.pod.as_ref(), Some(&pod));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

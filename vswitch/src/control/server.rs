@@ -2,13 +2,19 @@
 //! Each connection gets a thread; requests are applied one at a time under the state lock.
 //! A `trace` request turns its connection into a stream of trace records (without holding the
 //! lock while it waits for them) until the session ends.
+//!
+//! Bounded: at most [`MAX_CONNECTIONS`] connections are served at once (a connection beyond
+//! that gets an `unavailable` error and is closed, so a flood of clients costs no threads), and
+//! each request line must arrive whole within [`REQUEST_TIMEOUT`] of the server starting to wait
+//! for it, however slowly its bytes trickle in (a slow sender cannot keep a thread forever).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -16,7 +22,35 @@ use super::daemon::Daemon;
 use vswitch_api::{ApiError, ErrorKind, Reply, Request};
 
 /// Largest request line accepted (a port add is well under 4 KiB).
-const MAX_REQUEST: u64 = 1 << 20;
+const MAX_REQUEST: usize = 1 << 20;
+
+/// Connections served at once (each holds a thread while it lasts). Clients make one
+/// connection per call, so this is the number of concurrent callers, trace sessions included.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time a connection has to deliver one whole request line, counted from the end of the
+/// previous reply (or the accept): our clients write a request at once, so this only ever
+/// ends idle or deliberately slow connections.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts live connections; a slot is given back when its guard drops (thread end or panic).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(live: &Arc<AtomicUsize>) -> Option<Slot> {
+        live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(live.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Binds the control socket: creates its directory, refuses to steal a live daemon's socket,
 /// replaces a stale one, and restricts it to the owner.
@@ -42,13 +76,31 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Serves connections until the listener fails.
 pub fn serve(listener: UnixListener, state: Arc<Mutex<Daemon>>) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut refused: u64 = 0;
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
+                let Some(slot) = Slot::take(&live) else {
+                    refused += 1;
+                    // Rate-limited: a flood would otherwise flood the log too.
+                    if refused.is_power_of_two() {
+                        tracing::warn!(
+                            refused,
+                            max = MAX_CONNECTIONS,
+                            "control socket: too many connections, refusing"
+                        );
+                    }
+                    refuse(stream);
+                    continue;
+                };
                 let state = state.clone();
                 let spawned = std::thread::Builder::new()
                     .name("vswitch-ctl-conn".into())
-                    .spawn(move || handle_conn(stream, &state));
+                    .spawn(move || {
+                        let _slot = slot;
+                        handle_conn(stream, &state)
+                    });
                 if let Err(e) = spawned {
                     tracing::error!("control connection thread: {e}");
                 }
@@ -61,21 +113,108 @@ pub fn serve(listener: UnixListener, state: Arc<Mutex<Daemon>>) {
     }
 }
 
+/// Answers a connection over the cap with `unavailable` (the CNI plugin retries) and closes it,
+/// without a thread and without waiting on the client.
+fn refuse(stream: UnixStream) {
+    let _ = stream.set_nonblocking(true);
+    let reply = Reply::Error(ApiError::new(
+        ErrorKind::Unavailable,
+        format!("vswitchd is busy: {MAX_CONNECTIONS} control connections open, retry"),
+    ));
+    let _ = send_line(&stream, &reply);
+}
+
+/// Why no request line came.
+#[derive(Debug, PartialEq, Eq)]
+enum LineEnd {
+    /// The client closed the connection between requests.
+    Closed,
+    /// No whole line within the deadline.
+    TimedOut,
+    /// Longer than [`MAX_REQUEST`].
+    TooLong,
+    Io,
+}
+
+/// Reads one request line (without its newline), keeping bytes after it in `buf` for the next
+/// call. The deadline bounds the whole line, not each read.
+fn read_line(
+    stream: &mut impl ReadTimeout,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<String, LineEnd> {
+    let mut scanned = 0;
+    loop {
+        if let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=scanned + pos).collect();
+            return Ok(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        }
+        scanned = buf.len();
+        if buf.len() > MAX_REQUEST {
+            return Err(LineEnd::TooLong);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LineEnd::TimedOut);
+        }
+        stream.set_timeout(left).map_err(|_| LineEnd::Io)?;
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(LineEnd::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(LineEnd::TimedOut)
+            }
+            Err(_) => return Err(LineEnd::Io),
+        }
+    }
+}
+
+/// A reader whose per-read timeout can be set (a unix stream; a fake in tests).
+trait ReadTimeout: Read {
+    fn set_timeout(&mut self, t: Duration) -> std::io::Result<()>;
+}
+
+impl ReadTimeout for UnixStream {
+    fn set_timeout(&mut self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))
+    }
+}
+
 fn handle_conn(stream: UnixStream, state: &Mutex<Daemon>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = match stream.try_clone() {
-        Ok(s) => BufReader::new(s.take(MAX_REQUEST)),
+        Ok(s) => s,
         Err(_) => return,
     };
     let mut writer = stream;
-    let mut line = String::new();
+    // A client that stops reading cannot pin the thread in a write either.
+    let _ = writer.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let mut buf = Vec::new();
     loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        reader.get_mut().set_limit(MAX_REQUEST);
+        let line = match read_line(&mut reader, &mut buf, Instant::now() + REQUEST_TIMEOUT) {
+            Ok(l) => l,
+            Err(LineEnd::TimedOut) => {
+                tracing::debug!("control connection idle for {REQUEST_TIMEOUT:?}, closing");
+                return;
+            }
+            Err(LineEnd::TooLong) => {
+                let _ = send_line(
+                    &writer,
+                    &Reply::Error(ApiError::new(
+                        ErrorKind::BadRequest,
+                        format!("request longer than {MAX_REQUEST} bytes"),
+                    )),
+                );
+                return;
+            }
+            Err(LineEnd::Closed | LineEnd::Io) => return,
+        };
         let reply = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Trace(req)) => {
                 stream_trace(&writer, state, &req);
@@ -146,4 +285,69 @@ fn stream_trace(conn: &UnixStream, state: &Mutex<Daemon>, req: &vswitch_api::Tra
         || session::client_alive(conn),
     );
     tracing::debug!(reason = %end.reason, matched = end.matched, lost = end.lost, "trace session ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delivers its chunks one read at a time, then reports a timeout.
+    struct Trickle(Vec<Vec<u8>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let c = self.0.remove(0);
+            out[..c.len()].copy_from_slice(&c);
+            Ok(c.len())
+        }
+    }
+
+    impl ReadTimeout for Trickle {
+        fn set_timeout(&mut self, _: Duration) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_split_and_pipelined_bytes_kept() {
+        let mut s = Trickle(vec![b"{\"op\":".to_vec(), b"\"ping\"}\n{\"op\"".to_vec()]);
+        let mut buf = Vec::new();
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            read_line(&mut s, &mut buf, far).unwrap(),
+            r#"{"op":"ping"}"#
+        );
+        assert_eq!(buf, br#"{"op""#);
+        assert_eq!(read_line(&mut s, &mut buf, far), Err(LineEnd::TimedOut));
+    }
+
+    #[test]
+    fn deadline_bounds_the_whole_line() {
+        // Bytes keep coming, but the deadline is already over: no more reads.
+        let mut s = Trickle(vec![b"x".to_vec(); 100]);
+        let mut buf = Vec::new();
+        let past = Instant::now();
+        assert_eq!(read_line(&mut s, &mut buf, past), Err(LineEnd::TimedOut));
+        let mut big = Trickle(vec![vec![b'a'; 4096]; MAX_REQUEST / 4096 + 2]);
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            read_line(&mut big, &mut Vec::new(), far),
+            Err(LineEnd::TooLong)
+        );
+    }
+
+    #[test]
+    fn slots_are_bounded_and_returned() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let held: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map(|_| Slot::take(&live).unwrap())
+            .collect();
+        assert!(Slot::take(&live).is_none());
+        drop(held);
+        assert_eq!(live.load(Ordering::Acquire), 0);
+        assert!(Slot::take(&live).is_some());
+    }
 }

@@ -1,0 +1,352 @@
+//! CNI operations (ADD, DEL, CHECK, GC) on top of networks, ports and IPAM.
+//!
+//! An attachment is keyed by (CNI network name, container id, ifname), as in the spec: several
+//! CNI networks may share one isolation domain (the same `bridge`), and an operation of one never
+//! touches another's attachments.
+
+use vswitch_config::{validate_name, Ipv4Net, NetworkConfig, RouteSpec};
+
+use super::ports::CniOwner;
+use super::{err, Daemon, Port};
+use crate::control::ipam::{IpamError, Owner};
+use crate::control::netconf;
+use std::collections::HashSet;
+use vswitch_api::{
+    ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply, CniGc,
+    CniGcReply, CniIpam, ErrorKind, PortAdd, PortInfo,
+};
+
+impl Daemon {
+    pub(super) fn cni_port_id(container_id: &str, ifname: &str) -> String {
+        format!("{container_id}/{ifname}")
+    }
+
+    /// The port of attachment (network, container id, ifname), if this network holds it. An
+    /// empty `network` (a plugin that does not send it) matches any.
+    fn cni_port(&self, network: &str, container_id: &str, ifname: &str) -> Option<&Port> {
+        self.ports
+            .get(&Self::cni_port_id(container_id, ifname))
+            .filter(|p| owned_by(&p.info, network))
+    }
+
+    /// CNI ADD: network on first use, addresses (durably assigned before any interface exists),
+    /// then the port. A failure undoes every step taken for this request.
+    pub(super) fn cni_add(&mut self, r: CniAdd) -> Result<CniAddReply, ApiError> {
+        validate_name(&r.domain)
+            .map_err(|m| err(ErrorKind::InvalidConfig, format!("domain: {m}")))?;
+        let id = Self::cni_port_id(&r.container_id, &r.ifname);
+        // A retried ADD of an attachment that exists returns what it has.
+        if let Some(p) = self.ports.get(&id) {
+            if p.info.network == r.domain && owned_by(&p.info, &r.network) {
+                let info = p.info.clone();
+                let subnet = self.networks[&r.domain].conf.subnet;
+                let gw = self.networks[&r.domain].conf.gateway_ip();
+                let addrs = info
+                    .ips
+                    .iter()
+                    .map(|ip| CniAddr {
+                        ip: *ip,
+                        prefix: subnet.prefix_len(),
+                        gateway: Some(gw),
+                    })
+                    .collect();
+                let routes = self.port_routes.get(&id).cloned().unwrap_or_default();
+                return Ok(CniAddReply {
+                    port: info,
+                    addrs,
+                    routes,
+                });
+            }
+            return Err(err(
+                ErrorKind::PortExists,
+                format!(
+                    "attachment {id} exists in network {:?} (domain {:?})",
+                    p.info.cni_network.as_deref().unwrap_or_default(),
+                    p.info.network
+                ),
+            ));
+        }
+        // Addresses first (durable), then the network they imply.
+        let (addrs, routes, fresh_alloc) = match &r.ipam {
+            CniIpam::Builtin { plan, requested } => {
+                let had = self
+                    .ipam
+                    .attachments(&r.domain)
+                    .iter()
+                    .any(|(c, i, _)| *c == r.container_id && *i == r.ifname);
+                let owner = Owner {
+                    network: &r.network,
+                    container_id: &r.container_id,
+                    ifname: &r.ifname,
+                    pod: r.pod.as_ref(),
+                };
+                let assigned = self
+                    .ipam
+                    .assign(&r.domain, &owner, plan, requested)
+                    .map_err(ipam_err)?;
+                let addrs: Vec<CniAddr> = assigned
+                    .iter()
+                    .map(|a| CniAddr {
+                        ip: a.ip,
+                        prefix: a.range.subnet.prefix_len(),
+                        gateway: Some(a.range.gateway),
+                    })
+                    .collect();
+                let gw = addrs.first().and_then(|a| a.gateway);
+                let routes: Vec<RouteSpec> = plan
+                    .routes
+                    .iter()
+                    .map(|(dst, via)| RouteSpec {
+                        dst: *dst,
+                        via: via.or(gw),
+                    })
+                    .collect();
+                (addrs, routes, !had)
+            }
+            CniIpam::Fixed { addrs, routes } => (addrs.clone(), routes.clone(), false),
+        };
+        let undo_alloc = |me: &mut Self| {
+            if fresh_alloc {
+                let _ = me
+                    .ipam
+                    .release(&r.domain, &r.network, &r.container_id, &r.ifname);
+            }
+        };
+        let Some(first) = addrs.first().copied() else {
+            undo_alloc(self);
+            return Err(err(
+                ErrorKind::InvalidConfig,
+                "IPAM returned no IPv4 address",
+            ));
+        };
+        let mut created_network = false;
+        if !self.networks.contains_key(&r.domain) {
+            let subnet = Ipv4Net::new(first.ip, first.prefix)
+                .map(|n| n.trunc())
+                .map_err(|e| {
+                    err(
+                        ErrorKind::InvalidConfig,
+                        format!("prefix /{}: {e}", first.prefix),
+                    )
+                })?;
+            let mut conf = NetworkConfig::new(&r.domain, subnet);
+            conf.gateway = first.gateway;
+            conf.attach = r.attach.unwrap_or_default();
+            if let Some(m) = r.mtu {
+                conf.mtu = Some(m);
+            }
+            if let Err(e) = conf.validate("") {
+                undo_alloc(self);
+                return Err(err(ErrorKind::InvalidConfig, e.to_string()));
+            }
+            if let Err(e) = self.install_network(conf, true) {
+                undo_alloc(self);
+                return Err(e);
+            }
+            created_network = true;
+        }
+        let req = PortAdd {
+            id: Some(id.clone()),
+            netns: r.netns.clone(),
+            network: r.domain.clone(),
+            ifname: r.ifname.clone(),
+            mac: r.mac,
+            ips: addrs.iter().map(|a| a.ip).collect(),
+            routes: routes.clone(),
+            attach: r.attach,
+            router: false,
+        };
+        let added = self
+            .port_add(
+                req,
+                Some(CniOwner {
+                    container_id: r.container_id.clone(),
+                    network: r.network.clone(),
+                    pod: r.pod.clone(),
+                }),
+            )
+            .and_then(|info| {
+                if created_network {
+                    self.persist_networks()?;
+                }
+                Ok(info)
+            });
+        match added {
+            Ok(info) => {
+                self.port_routes.insert(id, routes.clone());
+                Ok(CniAddReply {
+                    port: info,
+                    addrs,
+                    routes,
+                })
+            }
+            Err(e) => {
+                if self.ports.contains_key(&id) {
+                    let _ = self.port_del(&id);
+                }
+                undo_alloc(self);
+                if created_network {
+                    self.remove_network(&r.domain);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// CNI DEL: idempotent; keeps going after a failed step and releases the addresses anyway.
+    /// Without a record of the attachment (a crash, a lost state file), whatever interface of
+    /// that name is in the pod's netns is removed, as the bridge plugin does: it is this
+    /// attachment's by the runtime's say, and leaving it would make the next ADD fail.
+    pub(super) fn cni_del(&mut self, a: &CniAttachment) -> Result<(), ApiError> {
+        let id = Self::cni_port_id(&a.container_id, &a.ifname);
+        let mut first_err = None;
+        let live = self
+            .cni_port(&a.network, &a.container_id, &a.ifname)
+            .is_some();
+        // A port persisted by an earlier run whose interface was gone at start: DEL forgets it.
+        let gone = self.gone.get(&id).is_some_and(|i| owned_by(i, &a.network));
+        if live || gone {
+            if let Err(e) = self.port_del(&id) {
+                first_err = Some(e);
+            }
+            self.port_routes.remove(&id);
+        }
+        if !self.ports.contains_key(&id) {
+            if let Err(e) = self.remove_orphan(a) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if a.builtin_ipam {
+            if let Err(e) = self
+                .ipam
+                .release(&a.domain, &a.network, &a.container_id, &a.ifname)
+            {
+                first_err.get_or_insert(ipam_err(e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Removes `ifname` from the attachment's netns when no port holds it (see `cni_del`).
+    fn remove_orphan(&self, a: &CniAttachment) -> Result<(), ApiError> {
+        if a.netns.is_empty() {
+            return Ok(());
+        }
+        let ns = netconf::netns_path(&a.netns);
+        if !ns.exists() {
+            return Ok(()); // the pod is gone, and its interfaces with it
+        }
+        let claimed = self
+            .ports
+            .values()
+            .any(|p| p.netns == ns && p.info.ifname == a.ifname);
+        if claimed {
+            return Ok(());
+        }
+        match netconf::remove_link_in(&ns, &a.ifname) {
+            Ok(true) => {
+                tracing::warn!(
+                    container = %a.container_id, ifname = %a.ifname, netns = %a.netns,
+                    "CNI DEL: removed an interface no port record held (left behind by a crash)"
+                );
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(err(
+                ErrorKind::System,
+                format!("remove orphaned interface {} in {}: {e}", a.ifname, a.netns),
+            )),
+        }
+    }
+
+    pub(super) fn cni_check(&self, a: &CniAttachment) -> Result<CniCheckReply, ApiError> {
+        let id = Self::cni_port_id(&a.container_id, &a.ifname);
+        let p = self
+            .cni_port(&a.network, &a.container_id, &a.ifname)
+            .filter(|p| p.info.network == a.domain)
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::UnknownPort,
+                    format!(
+                        "no attachment {id} of network {:?} in domain {:?}",
+                        a.network, a.domain
+                    ),
+                )
+            })?;
+        let observed = netconf::observe(&p.netns, &p.info.ifname);
+        Ok(CniCheckReply {
+            port: p.info.clone(),
+            observed,
+        })
+    }
+
+    /// CNI GC of one network: removes its attachments (ports and allocations) that `valid` does
+    /// not list. Attachments of other networks of the same domain are never candidates.
+    pub(super) fn cni_gc(&mut self, r: &CniGc) -> Result<CniGcReply, ApiError> {
+        let mut keep: HashSet<(String, String)> = r
+            .valid
+            .iter()
+            .map(|v| (v.container_id.clone(), v.ifname.clone()))
+            .collect();
+        // Live ports and those persisted by an earlier run but gone at start alike.
+        let stale: Vec<String> = self
+            .ports
+            .values()
+            .map(|p| &p.info)
+            .chain(self.gone.values())
+            .filter(|i| i.network == r.domain && owned_by(i, &r.network))
+            .filter(|i| {
+                i.container_id
+                    .as_ref()
+                    .is_some_and(|c| !keep.contains(&(c.clone(), i.ifname.clone())))
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        let mut reply = CniGcReply::default();
+        for id in stale {
+            if self.port_del(&id).is_ok() {
+                self.port_routes.remove(&id);
+                reply.removed_ports.push(id);
+            }
+        }
+        // Allocations recorded without a network name are candidates for any network's GC:
+        // keep those a port (live, or gone but not yet deleted) still holds.
+        keep.extend(
+            self.ports
+                .values()
+                .map(|p| &p.info)
+                .chain(self.gone.values())
+                .filter(|i| i.network == r.domain)
+                .filter_map(|i| Some((i.container_id.clone()?, i.ifname.clone()))),
+        );
+        reply.released = self
+            .ipam
+            .gc(&r.domain, &r.network, &keep)
+            .map_err(ipam_err)?
+            .into_iter()
+            .map(|(container_id, ifname)| CniAttachmentId {
+                container_id,
+                ifname,
+            })
+            .collect();
+        Ok(reply)
+    }
+}
+
+/// The port belongs to CNI network `network` (an empty name, or a port without one, matches:
+/// requests and records from before the network was sent).
+fn owned_by(p: &PortInfo, network: &str) -> bool {
+    network.is_empty()
+        || p.cni_network
+            .as_deref()
+            .is_none_or(|n| n.is_empty() || n == network)
+}
+
+pub(super) fn ipam_err(e: IpamError) -> ApiError {
+    let kind = match e {
+        IpamError::Store(_) => ErrorKind::System,
+        IpamError::Exhausted(_) => ErrorKind::AddressExhausted,
+        _ => ErrorKind::AddressConflict,
+    };
+    err(kind, e.to_string())
+}
