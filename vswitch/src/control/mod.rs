@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod device;
 pub mod ipam;
 pub mod netconf;
+pub mod pools;
 pub mod server;
 pub mod store;
