@@ -1,0 +1,259 @@
+//! The daemon's state: networks (domains), ports and workers, and every API operation on them.
+//!
+//! Each operation validates everything before it touches anything, and undoes what it did if a
+//! later step fails, so a failed request leaves no interface, table entry or file behind.
+//!
+//! One file per job: this one holds the state and the request dispatch; `networks` the domains,
+//! `ports` pod interfaces, `cni` the CNI operations over both, `peers` the underlay and other
+//! nodes, `views` the FDB and stats read-outs, `observe` trace and inject.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use vswitch_config::{DaemonConfig, Ipv4Net, MacAddr, NetworkConfig, NodeConfig, RouteSpec};
+
+use super::device;
+use super::ipam::Ipam;
+use crate::dataplane::fdb::PortIdx;
+use crate::dataplane::pipeline::{DomainIdx, PeerIdx};
+use crate::dataplane::port::PortDev;
+use crate::dataplane::underlay::Uplink;
+use crate::dataplane::worker::{Command, WorkerHandle};
+use crate::dataplane::PortCounters;
+use vswitch_api::{
+    answer, ApiError, Done, ErrorKind, IpamAllocation, PingReply, PortInfo, Reply, Request,
+};
+
+mod cni;
+mod networks;
+mod observe;
+mod peers;
+mod ports;
+mod views;
+
+use networks::{load_networks, NETWORKS_FILE};
+
+struct Network {
+    conf: NetworkConfig,
+    idx: DomainIdx,
+    /// Added through the API (persisted in the state dir) rather than the config file.
+    runtime: bool,
+}
+
+struct Port {
+    info: PortInfo,
+    idx: PortIdx,
+    netns: PathBuf,
+    /// One set per worker (each worker counts what it handled).
+    counters: Vec<Arc<PortCounters>>,
+    /// AF_PACKET: frames the kernel dropped in front of the socket so far.
+    kernel_drops: std::sync::atomic::AtomicU64,
+    /// Keeps the device open; dropping the last reference closes it (a tap then disappears).
+    dev: Option<PortDev>,
+}
+
+pub struct Daemon {
+    cfg: DaemonConfig,
+    networks: BTreeMap<String, Network>,
+    ports: BTreeMap<String, Port>,
+    workers: Vec<WorkerHandle>,
+    free_domains: BTreeSet<DomainIdx>,
+    next_domain: DomainIdx,
+    free_ports: BTreeSet<PortIdx>,
+    next_port: PortIdx,
+    link_counter: u32,
+    ipam: Ipam,
+    /// Routes installed for CNI attachments (returned again on a retried ADD).
+    port_routes: BTreeMap<String, Vec<RouteSpec>>,
+    /// MTU of the underlay interface (pod MTU defaults derive from it).
+    underlay_mtu: Option<u16>,
+    uplink: Option<Arc<Uplink>>,
+    node: NodeConfig,
+    peers: BTreeMap<String, Peer>,
+    free_peers: BTreeSet<PeerIdx>,
+    next_peer: PeerIdx,
+    /// Endpoints of other nodes from the datastore: (network, mac) → (ip, peer name).
+    remote_endpoints: BTreeMap<(String, MacAddr), (Option<Ipv4Addr>, String)>,
+    /// Trace and capture sessions (see `observe`).
+    trace: Arc<crate::observe::hub::TraceHub>,
+    started: std::time::SystemTime,
+}
+
+/// Where a peer's record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSource {
+    Static,
+    Etcd,
+}
+
+/// Another node, as configured statically or published in the datastore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSpec {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    /// L3 pod blocks it serves, by network.
+    #[serde(default)]
+    pub blocks: BTreeMap<String, Vec<Ipv4Net>>,
+}
+
+/// A local endpoint published in cluster mode: (network, MAC, IPs).
+pub type LocalEndpoint = (String, MacAddr, Vec<Ipv4Addr>);
+
+struct Peer {
+    spec: PeerSpec,
+    idx: PeerIdx,
+    source: PeerSource,
+    /// Its underlay MAC, for peers on our segment (direct routing through AF_PACKET).
+    mac: Option<MacAddr>,
+}
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
+    ApiError::new(kind, msg)
+}
+
+fn sys_err(what: &str, e: impl std::fmt::Display) -> ApiError {
+    err(ErrorKind::System, format!("{what}: {e}"))
+}
+
+impl Daemon {
+    /// Starts the workers and loads networks from the config and the state dir.
+    pub fn start(cfg: DaemonConfig) -> anyhow::Result<Daemon> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
+        let trace = crate::observe::hub::TraceHub::new();
+        let workers = device::spawn_workers(&cfg, &trace).context("start workers")?;
+        tracing::info!(
+            workers = workers.len(),
+            io = workers.first().map_or("none", |w| w.io.name()),
+            "dataplane workers started"
+        );
+        if workers.len() > 1 {
+            // Each worker sees only its own ports' MLD reports: reported groups are flooded.
+            for w in &workers {
+                w.call(Command::SetMldSnooping(false))
+                    .context("configure worker")?;
+            }
+        }
+        let mut d = Daemon {
+            cfg: cfg.clone(),
+            networks: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            workers,
+            free_domains: BTreeSet::new(),
+            next_domain: 0,
+            free_ports: BTreeSet::new(),
+            next_port: 0,
+            link_counter: 0,
+            ipam: Ipam::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+            port_routes: BTreeMap::new(),
+            underlay_mtu: None,
+            uplink: None,
+            node: cfg.node.clone().unwrap_or_default(),
+            peers: BTreeMap::new(),
+            free_peers: BTreeSet::new(),
+            next_peer: 0,
+            remote_endpoints: BTreeMap::new(),
+            trace,
+            started: std::time::SystemTime::now(),
+        };
+        d.start_uplink()?;
+        for p in &cfg.peers {
+            let spec = PeerSpec {
+                name: p.name.clone(),
+                underlay_ip: p.underlay_ip,
+                blocks: p.blocks.clone(),
+            };
+            d.upsert_peer(spec, PeerSource::Static)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for n in cfg.networks {
+            d.install_network(n, false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for n in load_networks(&cfg.state_dir)? {
+            if d.networks.contains_key(&n.name) {
+                tracing::warn!(network = %n.name, "network in {NETWORKS_FILE} is also in the config file; using the config file's");
+                continue;
+            }
+            d.install_network(n, true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(d)
+    }
+
+    /// Removes every port (so no veth is left behind) and stops the workers.
+    pub fn shutdown(&mut self) {
+        let ids: Vec<String> = self.ports.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.port_del(&id) {
+                tracing::warn!(port = %id, "removing port at shutdown: {e}");
+            }
+        }
+        for w in std::mem::take(&mut self.workers) {
+            w.shutdown();
+        }
+    }
+
+    /// Answers one request; the reply's type is the request's (`vswitch_api::Call`).
+    pub fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Ping(r) => answer(r, |_| {
+                Ok(PingReply {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    workers: self.workers.len(),
+                    io: self
+                        .workers
+                        .first()
+                        .map_or("none", |w| w.io.name())
+                        .to_string(),
+                })
+            }),
+            Request::NetworkList(r) => answer(r, |_| Ok(self.network_list())),
+            Request::NetworkAdd(r) => answer(r, |r| self.network_add(r)),
+            Request::NetworkDel(r) => answer(r, |r| self.network_del(r)),
+            Request::PortAdd(r) => answer(r, |r| self.port_add(r, None)),
+            Request::PortDel(r) => answer(r, |r| self.port_del(&r.id).map(|_| Done {})),
+            Request::PortList(r) => answer(r, |_| {
+                Ok(self.ports.values().map(|p| p.info.clone()).collect())
+            }),
+            Request::FdbShow(r) => answer(r, |r| self.fdb_show(&r.network)),
+            Request::Stats(r) => answer(r, |_| Ok(self.stats())),
+            Request::Trace(r) => answer(r, |_| {
+                Err(err(
+                    ErrorKind::BadRequest,
+                    "trace streams on its own connection (the control server serves it)",
+                ))
+            }),
+            Request::Inject(r) => answer(r, |r| self.inject(&r)),
+            Request::CniAdd(r) => answer(r, |r| self.cni_add(r)),
+            Request::CniDel(r) => answer(r, |r| self.cni_del(&r.0).map(|_| Done {})),
+            Request::CniCheck(r) => answer(r, |r| self.cni_check(&r.0)),
+            Request::CniGc(r) => answer(r, |r| self.cni_gc(&r.domain, &r.valid)),
+            Request::PeerList(r) => answer(r, |_| Ok(self.peer_list())),
+            Request::IpamShow(r) => answer(r, |r| {
+                Ok(self
+                    .ipam
+                    .attachments(&r.domain)
+                    .into_iter()
+                    .map(|(container_id, ifname, ips)| IpamAllocation {
+                        container_id,
+                        ifname,
+                        ips,
+                    })
+                    .collect())
+            }),
+        }
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Command) -> Result<(), ApiError> {
+        for w in &self.workers {
+            w.call(make()).map_err(|e| sys_err("update worker", e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! Ports: validate a request, create and configure the pod interface, install it in the workers.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::sync::Arc;
+
+use vswitch_config::{
+    is_host_of, validate_ifname, validate_name, MacAddr, NetworkConfig, NetworkKind,
+};
+
+use super::{err, sys_err, Daemon, Port};
+use crate::control::device;
+use crate::control::netconf::{self, PodIfConfig};
+use crate::dataplane::pipeline::PortConf;
+use crate::dataplane::worker::Command;
+use crate::dataplane::PortCounters;
+use vswitch_api::{ApiError, ErrorKind, PortAdd, PortInfo};
+
+pub(super) fn random_mac() -> MacAddr {
+    let mut b = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        return MacAddr::local_from_seed(t ^ u64::from(std::process::id()));
+    }
+    b[0] = (b[0] & 0xfe) | 0x02;
+    MacAddr(b)
+}
+
+impl Daemon {
+    pub(super) fn next_link_name(&mut self, kind: &str) -> String {
+        self.link_counter = self.link_counter.wrapping_add(1);
+        format!(
+            "{kind}{:04x}{:06x}",
+            std::process::id() & 0xffff,
+            self.link_counter & 0xff_ffff
+        )
+    }
+
+    pub(super) fn validate_port(&self, r: &PortAdd, id: &str) -> Result<MacAddr, ApiError> {
+        let bad = |m: String| err(ErrorKind::BadRequest, m);
+        validate_ifname(&r.ifname).map_err(|m| bad(format!("ifname: {m}")))?;
+        validate_name(&r.network).map_err(|m| bad(format!("network: {m}")))?;
+        if r.netns.is_empty() {
+            return Err(bad("netns: must not be empty".into()));
+        }
+        if self.ports.contains_key(id) {
+            return Err(err(
+                ErrorKind::PortExists,
+                format!("port {id:?} already exists"),
+            ));
+        }
+        let net = self.networks.get(&r.network).ok_or_else(|| {
+            err(
+                ErrorKind::UnknownNetwork,
+                format!("unknown network {:?}", r.network),
+            )
+        })?;
+        let subnet = net.conf.subnet;
+        let gw = net.conf.gateway_ip();
+        let peers: Vec<&Port> = self
+            .ports
+            .values()
+            .filter(|p| p.info.network == r.network)
+            .collect();
+        let mut seen = BTreeSet::new();
+        for ip in &r.ips {
+            if !is_host_of(subnet, *ip) {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!(
+                        "ip {ip} is not a host address in subnet {subnet} of network {:?}",
+                        r.network
+                    ),
+                ));
+            }
+            if *ip == gw {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!("ip {ip} is the gateway of network {:?}", r.network),
+                ));
+            }
+            let blocks = &net.conf.blocks;
+            if net.conf.kind == NetworkKind::L3
+                && !blocks.is_empty()
+                && !blocks.iter().any(|b| b.contains(ip))
+            {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!(
+                        "ip {ip} is outside this node's blocks {blocks:?} of L3 network {:?}",
+                        r.network
+                    ),
+                ));
+            }
+            if !seen.insert(*ip) {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!("ip {ip} is requested twice"),
+                ));
+            }
+            if let Some(p) = peers.iter().find(|p| p.info.ips.contains(ip)) {
+                return Err(err(
+                    ErrorKind::AddressConflict,
+                    format!(
+                        "ip {ip} is already used by port {:?} in network {:?}",
+                        p.info.id, r.network
+                    ),
+                ));
+            }
+        }
+        for rt in &r.routes {
+            if let Some(via) = rt.via {
+                if !is_host_of(subnet, via) {
+                    return Err(bad(format!(
+                        "route {}: next hop {via} is not in subnet {subnet}",
+                        rt.dst
+                    )));
+                }
+            }
+        }
+        let mac = match r.mac {
+            Some(m) => {
+                if !m.is_valid_unicast() {
+                    return Err(bad(format!("mac: {m} is not a unicast address")));
+                }
+                if m == net.conf.gateway_mac() || peers.iter().any(|p| p.info.mac == m) {
+                    return Err(err(
+                        ErrorKind::AddressConflict,
+                        format!("mac {m} is already used in network {:?}", r.network),
+                    ));
+                }
+                m
+            }
+            None => loop {
+                let m = random_mac();
+                if m != net.conf.gateway_mac() && !peers.iter().any(|p| p.info.mac == m) {
+                    break m;
+                }
+            },
+        };
+        let ns = netconf::netns_path(&r.netns);
+        if !ns.exists() {
+            return Err(err(
+                ErrorKind::NetnsNotFound,
+                format!(
+                    "netns {:?} not found ({} does not exist)",
+                    r.netns,
+                    ns.display()
+                ),
+            ));
+        }
+        Ok(mac)
+    }
+
+    pub(super) fn port_add(
+        &mut self,
+        r: PortAdd,
+        container_id: Option<String>,
+    ) -> Result<PortInfo, ApiError> {
+        let id =
+            r.id.clone()
+                .unwrap_or_else(|| format!("{}:{}", r.netns, r.ifname));
+        if id.is_empty() || id.len() > 255 || id.contains(char::is_whitespace) {
+            return Err(err(
+                ErrorKind::BadRequest,
+                format!("id: {id:?} must be 1 to 255 characters without spaces"),
+            ));
+        }
+        let mac = self.validate_port(&r, &id)?;
+        let net = &self.networks[&r.network];
+        let (conf, domain) = (net.conf.clone(), net.idx);
+        let mtu = conf.effective_mtu(self.underlay_mtu);
+        let ns = netconf::netns_path(&r.netns);
+
+        fn pod_if<'a>(
+            tmp: &'a str,
+            r: &'a PortAdd,
+            mac: MacAddr,
+            conf: &'a NetworkConfig,
+            mtu: u16,
+        ) -> PodIfConfig<'a> {
+            PodIfConfig {
+                tmp_name: tmp,
+                ifname: &r.ifname,
+                mac,
+                mtu,
+                subnet: conf.subnet,
+                ips: &r.ips,
+                gateway: conf.gateway_ip(),
+                routes: &r.routes,
+            }
+        }
+        // Create the device and configure the pod side; on failure undo and report.
+        let attach = r.attach.unwrap_or(conf.attach);
+        let (io, host_ifname) = match attach {
+            vswitch_config::AttachKind::Tap => {
+                let tmp = self.next_link_name("vst");
+                // Created inside the pod's namespace: no device move needed afterwards.
+                let tap = device::open_tap(&ns, &tmp, conf.offloads)
+                    .map_err(|e| {
+                        err(
+                            ErrorKind::NetnsNotFound,
+                            format!("enter netns {:?}: {e}", r.netns),
+                        )
+                    })?
+                    .map_err(|e| sys_err("create tap", e))?;
+                if let Err(e) = netconf::configure_in(&ns, &pod_if(&tmp, &r, mac, &conf, mtu)) {
+                    drop(tap); // closing the fd removes the tap wherever it is
+                    return Err(pod_if_err(&r, e));
+                }
+                (tap, r.ifname.clone())
+            }
+            vswitch_config::AttachKind::AfPacket => {
+                let host = self.next_link_name("vsh");
+                let peer = self.next_link_name("vsp");
+                netconf::create_host_veth(&host, &peer, mtu, &ns)
+                    .map_err(|e| sys_err("create veth", e))?;
+                let opened = netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
+                    .map_err(|e| pod_if_err(&r, e))
+                    .and_then(|_| {
+                        device::open_packet(&host).map_err(|e| sys_err("open AF_PACKET socket", e))
+                    });
+                match opened {
+                    Ok(s) => (s, host),
+                    Err(e) => {
+                        netconf::delete_link(&host);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let dev = io;
+        let idx = self.free_ports.pop_first().unwrap_or_else(|| {
+            self.next_port += 1;
+            self.next_port - 1
+        });
+        let owner = self.least_loaded_worker();
+        let counters: Vec<Arc<PortCounters>> = self
+            .workers
+            .iter()
+            .map(|_| Arc::new(PortCounters::default()))
+            .collect();
+        let pconf = PortConf {
+            domain,
+            mac,
+            ips: r.ips.clone(),
+            ips6: Vec::new(),
+            router: r.router,
+            max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
+        };
+        let mut installed = Ok(());
+        for w in &self.workers {
+            installed = w.call(Command::AddPort {
+                idx,
+                conf: pconf.clone(),
+                dev: dev.clone(),
+                counters: counters[w.id].clone(),
+                poll: w.id == owner,
+            });
+            if installed.is_err() {
+                break;
+            }
+        }
+        let info = PortInfo {
+            id: id.clone(),
+            network: r.network.clone(),
+            netns: r.netns.clone(),
+            ifname: r.ifname.clone(),
+            host_ifname,
+            attach,
+            mac,
+            ips: r.ips.clone(),
+            mtu,
+            worker: owner,
+            container_id,
+        };
+        let port = Port {
+            info: info.clone(),
+            idx,
+            netns: ns,
+            counters,
+            kernel_drops: Default::default(),
+            dev: Some(dev),
+        };
+        if let Err(e) = installed {
+            self.ports.insert(id.clone(), port);
+            let _ = self.port_del(&id);
+            return Err(sys_err("install port", e));
+        }
+        if let Some(w) = self.workers.get(owner) {
+            let _ = w.call(Command::Announce { idx });
+        }
+        tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
+        self.ports.insert(id, port);
+        Ok(info)
+    }
+
+    pub(super) fn least_loaded_worker(&self) -> usize {
+        (0..self.workers.len())
+            .min_by_key(|w| self.ports.values().filter(|p| p.info.worker == *w).count())
+            .unwrap_or(0)
+    }
+
+    pub(super) fn port_del(&mut self, id: &str) -> Result<(), ApiError> {
+        let mut p = self
+            .ports
+            .remove(id)
+            .ok_or_else(|| err(ErrorKind::UnknownPort, format!("unknown port {id:?}")))?;
+        let idx = p.idx;
+        // Workers first (they drop their references), then the device.
+        let res = self.broadcast(|| Command::RemovePort { idx });
+        drop(p.dev.take());
+        match p.info.attach {
+            vswitch_config::AttachKind::Tap => {}
+            vswitch_config::AttachKind::AfPacket => {
+                netconf::delete_link(&p.info.host_ifname);
+                netconf::delete_link_in(&p.netns, &p.info.ifname);
+            }
+        }
+        self.free_ports.insert(idx);
+        tracing::info!(port = %id, "port removed");
+        res
+    }
+}
+
+pub(super) fn pod_if_err(r: &PortAdd, e: netconf::NetconfError) -> ApiError {
+    if e.is_exists() {
+        return err(
+            ErrorKind::PortExists,
+            format!(
+                "interface {:?} already exists in netns {:?}",
+                r.ifname, r.netns
+            ),
+        );
+    }
+    sys_err("configure pod interface", e)
+}
