@@ -46,22 +46,13 @@ pub struct IpPool {
 }
 
 /// Cluster-wide IPAM settings (Calico's `IPAMConfig`, name `default`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct IpamConfig {
     /// A node never borrows addresses from another node's block.
     pub strict_affinity: bool,
     /// 0 = unlimited.
     pub max_blocks_per_host: u32,
-}
-
-impl Default for IpamConfig {
-    fn default() -> Self {
-        IpamConfig {
-            strict_affinity: false,
-            max_blocks_per_host: 0,
-        }
-    }
 }
 
 /// One object of an applied file.
@@ -414,7 +405,9 @@ spec:
         assert_eq!(p.block(1).unwrap().to_string(), "10.244.0.8/29");
         assert_eq!(p.block(32), None);
         assert_eq!(
-            p.block_of("10.244.0.13".parse().unwrap()).unwrap().to_string(),
+            p.block_of("10.244.0.13".parse().unwrap())
+                .unwrap()
+                .to_string(),
             "10.244.0.8/29"
         );
         let Object::IPPool(l) = &objs[1] else {
@@ -448,7 +441,10 @@ spec:
         let e = err_of("  cidr: 10.0.0.0/28\n  blockSize: 26\n");
         assert!(e.contains("spec.blockSize") && e.contains("larger"), "{e}");
         let e = err_of("  cidr: 10.0.0.0/24\n  ipipMode: Always\n  vxlanMode: CrossSubnet\n");
-        assert!(e.contains("spec.ipipMode") && e.contains("vxlanMode"), "{e}");
+        assert!(
+            e.contains("spec.ipipMode") && e.contains("vxlanMode"),
+            "{e}"
+        );
         let e = err_of("  cidr: 10.0.0.0/24\n  nodeSelector: rack == \n");
         assert!(
             e.contains("spec.nodeSelector") && e.contains("position 7"),

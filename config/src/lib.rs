@@ -8,8 +8,8 @@
 
 pub mod cni;
 pub mod ippool;
-pub mod selector;
 mod mac;
+pub mod selector;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

@@ -290,7 +290,10 @@ mod tests {
             ("missing not in {\"0\"}", true),
             ("rack == \"0\" && zone == \"b\"", false),
             ("rack == \"1\" || zone == \"a\"", true),
-            ("!(rack == \"1\" || zone == \"b\") && has(kubernetes.io/os)", true),
+            (
+                "!(rack == \"1\" || zone == \"b\") && has(kubernetes.io/os)",
+                true,
+            ),
             ("rack in {}", false),
         ] {
             let sel = Selector::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));

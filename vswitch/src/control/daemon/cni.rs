@@ -79,11 +79,16 @@ impl Daemon {
                     .collect();
                 (addrs, routes, !had)
             }
+            CniIpam::Pools { request } => self.pool_cni_assign(&r, request)?,
             CniIpam::Fixed { addrs, routes } => (addrs.clone(), routes.clone(), false),
         };
         let undo_alloc = |me: &mut Self| {
             if fresh_alloc {
-                let _ = me.ipam.release(&r.domain, &r.container_id, &r.ifname);
+                if let CniIpam::Pools { .. } = r.ipam {
+                    let _ = me.pool_cni_release(&r.domain, &r.container_id, &r.ifname);
+                } else {
+                    let _ = me.ipam.release(&r.domain, &r.container_id, &r.ifname);
+                }
             }
         };
         let Some(first) = addrs.first().copied() else {
@@ -174,6 +179,10 @@ impl Daemon {
             if let Err(e) = self.ipam.release(&a.domain, &a.container_id, &a.ifname) {
                 first_err.get_or_insert(ipam_err(e));
             }
+            // Pool IPAM (`vswitch-pools`) is built in too; a no-op without a pool address.
+            if let Err(e) = self.pool_cni_release(&a.domain, &a.container_id, &a.ifname) {
+                first_err.get_or_insert(e);
+            }
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -225,7 +234,18 @@ impl Daemon {
                 reply.removed_ports.push(id);
             }
         }
-        reply.released = self
+        let keep_list: Vec<(String, String)> = keep.iter().cloned().collect();
+        for h in self.pool_cni_gc(domain, &keep_list) {
+            // Handle `<domain>/<container>/<ifname>`, reported like the built-in IPAM's.
+            let mut parts = h.splitn(3, '/').skip(1);
+            if let (Some(c), Some(i)) = (parts.next(), parts.next()) {
+                reply.released.push(CniAttachmentId {
+                    container_id: c.to_string(),
+                    ifname: i.to_string(),
+                });
+            }
+        }
+        let builtin_released = self
             .ipam
             .gc(domain, &keep)
             .map_err(ipam_err)?
@@ -233,8 +253,8 @@ impl Daemon {
             .map(|(container_id, ifname)| CniAttachmentId {
                 container_id,
                 ifname,
-            })
-            .collect();
+            });
+        reply.released.extend(builtin_released);
         Ok(reply)
     }
 }

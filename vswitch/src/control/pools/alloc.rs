@@ -172,13 +172,7 @@ impl Allocator<'_> {
         self.kv
             .list(&p)?
             .iter()
-            .map(|e| {
-                Ok((
-                    e.key[p.len()..].to_string(),
-                    decode::<Handle>(e)?,
-                    e.rev,
-                ))
-            })
+            .map(|e| Ok((e.key[p.len()..].to_string(), decode::<Handle>(e)?, e.rev)))
             .collect()
     }
 
@@ -317,8 +311,7 @@ impl Allocator<'_> {
         }
         // 2. Claim a new block, unless this node holds its maximum.
         let held = blocks.iter().filter(|(b, _)| mine(b)).count() as u64;
-        let may_claim =
-            cfg.max_blocks_per_host == 0 || held < u64::from(cfg.max_blocks_per_host);
+        let may_claim = cfg.max_blocks_per_host == 0 || held < u64::from(cfg.max_blocks_per_host);
         let existing: BTreeSet<Ipv4Net> = blocks.iter().map(|(b, _)| b.cidr).collect();
         let mut why;
         if may_claim {
@@ -477,7 +470,9 @@ impl Allocator<'_> {
                             .is_some_and(|x| x.handle == *k)
                 });
                 if !ok {
-                    problems.push(format!("handle {k} holds {ip} but block {cidr} does not say so"));
+                    problems.push(format!(
+                        "handle {k} holds {ip} but block {cidr} does not say so"
+                    ));
                 }
             }
         }
@@ -530,7 +525,10 @@ mod tests {
         };
         let cur = kv.get("t/config").unwrap().map_or(0, |e| e.rev);
         assert!(kv
-            .txn(&[("t/config".into(), cur)], &[Op::Put("t/config".into(), encode(&c))])
+            .txn(
+                &[("t/config".into(), cur)],
+                &[Op::Put("t/config".into(), encode(&c))]
+            )
             .unwrap());
     }
 

@@ -234,9 +234,7 @@ impl Kv for EtcdKv {
     fn list(&self, prefix: &str) -> Result<Vec<Entry>, KvError> {
         let prefix = prefix.to_string();
         self.with(|mut c| async move {
-            let r = c
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await?;
+            let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
             Ok(r.kvs().iter().map(entry).collect())
         })
     }
@@ -283,16 +281,23 @@ mod tests {
         assert!(kv
             .txn(
                 &[("a".into(), a.rev)],
-                &[Op::Put("a".into(), "3".into()), Op::Put("b/x".into(), "4".into())]
+                &[
+                    Op::Put("a".into(), "3".into()),
+                    Op::Put("b/x".into(), "4".into())
+                ]
             )
             .unwrap());
-        assert!(!kv.txn(&[("a".into(), a.rev)], &[Op::Delete("a".into())]).unwrap());
+        assert!(!kv
+            .txn(&[("a".into(), a.rev)], &[Op::Delete("a".into())])
+            .unwrap());
         drop(kv);
         let kv = EmbeddedKv::open(&path).unwrap();
         assert_eq!(kv.get("a").unwrap().unwrap().value, "3");
         assert_eq!(kv.list("b/").unwrap().len(), 1);
         let rev = kv.get("a").unwrap().unwrap().rev;
-        assert!(kv.txn(&[("a".into(), rev)], &[Op::Delete("a".into())]).unwrap());
+        assert!(kv
+            .txn(&[("a".into(), rev)], &[Op::Delete("a".into())])
+            .unwrap());
         assert!(kv.get("a").unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }

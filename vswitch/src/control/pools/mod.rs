@@ -12,6 +12,7 @@
 //! enabled pool; `ipAddrsNoIpam` bypasses IPAM.
 
 pub mod alloc;
+pub mod cli;
 pub mod kv;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,7 +96,16 @@ impl PoolIpam {
                 None,
             ),
         };
-        let mut p = PoolIpam::with_kv(kv, prefix, members, node, cfg.node.as_ref().map(|n| n.labels.clone()).unwrap_or_default());
+        let mut p = PoolIpam::with_kv(
+            kv,
+            prefix,
+            members,
+            node,
+            cfg.node
+                .as_ref()
+                .map(|n| n.labels.clone())
+                .unwrap_or_default(),
+        );
         p.refresh();
         Ok(p)
     }
@@ -181,8 +191,8 @@ impl PoolIpam {
     /// `apply -f`: every object validated (and the resulting pool set checked) before any is
     /// written; the writes then go in one transaction conditioned on the pools read.
     pub fn apply(&mut self, text: &str) -> Result<PoolApplyReply, ApiError> {
-        let objs =
-            ippool::parse_documents(text).map_err(|e| err(ErrorKind::InvalidConfig, e.to_string()))?;
+        let objs = ippool::parse_documents(text)
+            .map_err(|e| err(ErrorKind::InvalidConfig, e.to_string()))?;
         let current = self.pools()?;
         let blocks = self.alloc().blocks().map_err(alloc_err)?;
         let mut next: BTreeMap<String, IpPool> = current
@@ -203,8 +213,7 @@ impl PoolIpam {
                         Some(old) if *old == p => "unchanged",
                         Some(old) => {
                             let has_blocks = blocks.iter().any(|(b, _)| b.pool == p.name);
-                            if has_blocks
-                                && (old.cidr != p.cidr || old.block_size != p.block_size)
+                            if has_blocks && (old.cidr != p.cidr || old.block_size != p.block_size)
                             {
                                 return Err(err(
                                     ErrorKind::InvalidConfig,
@@ -354,7 +363,11 @@ impl PoolIpam {
         vswitch_config::validate_name(&node)
             .map_err(|m| err(ErrorKind::InvalidConfig, format!("node: {m}")))?;
         for k in set.keys().chain(remove) {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c)) {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
+            {
                 return Err(err(
                     ErrorKind::InvalidConfig,
                     format!("label key {k:?}: letters, digits and _ . / - only"),
@@ -373,8 +386,15 @@ impl PoolIpam {
         }
         let rev = cur.map_or(0, |e| e.rev);
         let v = serde_json::to_string(&stored).unwrap_or_default();
-        if !self.kv.txn(&[(k.clone(), rev)], &[Op::Put(k, v)]).map_err(kv_err)? {
-            return Err(err(ErrorKind::Unavailable, "labels changed meanwhile; try again"));
+        if !self
+            .kv
+            .txn(&[(k.clone(), rev)], &[Op::Put(k, v)])
+            .map_err(kv_err)?
+        {
+            return Err(err(
+                ErrorKind::Unavailable,
+                "labels changed meanwhile; try again",
+            ));
         }
         Ok(NodeLabelsReply {
             labels: self.labels(&node)?,
@@ -399,7 +419,10 @@ impl PoolIpam {
         };
         let rev = self.kv.get(&k).map_err(kv_err)?.map_or(0, |e| e.rev);
         if !self.kv.txn(&[(k, rev)], &ops).map_err(kv_err)? {
-            return Err(err(ErrorKind::Unavailable, "namespace changed meanwhile; try again"));
+            return Err(err(
+                ErrorKind::Unavailable,
+                "namespace changed meanwhile; try again",
+            ));
         }
         Ok(())
     }
@@ -435,7 +458,10 @@ impl PoolIpam {
             None => Vec::new(),
         };
         let (names, source) = if !req.pod_pools.is_empty() {
-            (&req.pod_pools, "pod annotation cni.projectcalico.org/ipv4pools")
+            (
+                &req.pod_pools,
+                "pod annotation cni.projectcalico.org/ipv4pools",
+            )
         } else if !ns_pools.is_empty() {
             (&ns_pools, "namespace annotation ipv4pools")
         } else if !req.cni_pools.is_empty() {
@@ -541,6 +567,10 @@ impl PoolIpam {
             ip: got.ip,
             managed: true,
         })
+    }
+
+    pub fn has_handle(&self, handle: &str) -> Result<bool, ApiError> {
+        Ok(self.alloc().handle(handle).map_err(alloc_err)?.is_some())
     }
 
     /// Releases a handle (idempotent).
@@ -688,12 +718,7 @@ impl PoolIpam {
                 Some((h, _)) => {
                     handles.insert(h.handle);
                 }
-                None => {
-                    return Err(err(
-                        ErrorKind::BadRequest,
-                        format!("{ip} is not allocated"),
-                    ))
-                }
+                None => return Err(err(ErrorKind::BadRequest, format!("{ip} is not allocated"))),
             }
         }
         if leaked {
@@ -777,7 +802,8 @@ spec: {cidr: 10.244.9.0/24, nodeSelector: "!all()"}
         req.cni_pools = vec!["rack1".into()];
         let c = n0.assign("d/c/eth0", &req, subnet, gw).unwrap();
         assert!(c.ip.octets()[2] == 1, "{c:?}");
-        n0.annotate_namespace("ns1", Some(&["special".into()])).unwrap();
+        n0.annotate_namespace("ns1", Some(&["special".into()]))
+            .unwrap();
         req.namespace = Some("ns1".into());
         let d = n0.assign("d/d/eth0", &req, subnet, gw).unwrap();
         assert_eq!(d.ip.octets()[2], 9);
@@ -790,7 +816,10 @@ spec: {cidr: 10.244.9.0/24, nodeSelector: "!all()"}
             ..Default::default()
         };
         assert_eq!(
-            n0.assign("d/s/eth0", &st, subnet, gw).unwrap().ip.to_string(),
+            n0.assign("d/s/eth0", &st, subnet, gw)
+                .unwrap()
+                .ip
+                .to_string(),
             "10.244.9.50"
         );
         let bad = PoolRequest {
@@ -813,7 +842,10 @@ spec: {cidr: 10.244.9.0/24, nodeSelector: "!all()"}
         assert!(e3.message.contains("disabled"), "{e3}");
         let e4 = n0.delete("special", false).unwrap_err();
         assert_eq!(e4.kind, ErrorKind::PoolInUse);
-        assert!(e4.message.contains("d/d/eth0") && e4.message.contains("d/s/eth0"), "{e4}");
+        assert!(
+            e4.message.contains("d/d/eth0") && e4.message.contains("d/s/eth0"),
+            "{e4}"
+        );
         n0.release("d/d/eth0").unwrap();
         n0.release("d/s/eth0").unwrap();
         n0.delete("special", false).unwrap();
@@ -823,12 +855,18 @@ spec: {cidr: 10.244.9.0/24, nodeSelector: "!all()"}
         let e5 = n0
             .apply("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: big}\nspec: {cidr: 10.244.0.0/16}\n")
             .unwrap_err();
-        assert!(e5.message.contains("spec.cidr") && e5.message.contains("overlaps"), "{e5}");
+        assert!(
+            e5.message.contains("spec.cidr") && e5.message.contains("overlaps"),
+            "{e5}"
+        );
         // Leak check: handles of this node without a live attachment.
         let live: BTreeSet<String> = ["d/a/eth0".to_string()].into();
         let chk = n0.check(&live).unwrap();
         assert!(chk.problems.is_empty());
-        assert!(chk.leaked.iter().all(|l| l.node == "n0" && l.handle != "d/a/eth0"));
+        assert!(chk
+            .leaked
+            .iter()
+            .all(|l| l.node == "n0" && l.handle != "d/a/eth0"));
         let rel = n0.release_ips(&[], true, &live).unwrap();
         assert_eq!(rel.len(), chk.leaked.len());
         assert!(n0.check(&live).unwrap().leaked.is_empty());
