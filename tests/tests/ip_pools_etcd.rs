@@ -45,7 +45,12 @@ fn etcd(n: u16) -> Option<Etcd> {
         .args(["--name", "e0", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-        .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+        .args([
+            "--listen-peer-urls",
+            &p,
+            "--initial-advertise-peer-urls",
+            &p,
+        ])
         .args(["--initial-cluster", &format!("e0={p}")])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -81,7 +86,10 @@ fn set_config(kv: &dyn Kv, prefix: &str, c: IpamConfig) {
     let k = format!("{prefix}config");
     let rev = kv.get(&k).unwrap().map_or(0, |e| e.rev);
     assert!(kv
-        .txn(&[(k.clone(), rev)], &[Op::Put(k, serde_json::to_string(&c).unwrap())])
+        .txn(
+            &[(k.clone(), rev)],
+            &[Op::Put(k, serde_json::to_string(&c).unwrap())]
+        )
         .unwrap());
 }
 
@@ -146,8 +154,18 @@ fn two_nodes_allocate_1000_addresses_concurrently() {
         }
     }
     // 500 addresses per node fill 8 /26 blocks each (62 usable in the first, 64 elsewhere).
-    let of = |n: &str| blocks.iter().filter(|(b, _)| b.affinity.as_deref() == Some(n)).count();
-    assert!((8..=9).contains(&of("n0")) && (8..=9).contains(&of("n1")), "{} {}", of("n0"), of("n1"));
+    let of = |n: &str| {
+        blocks
+            .iter()
+            .filter(|(b, _)| b.affinity.as_deref() == Some(n))
+            .count()
+    };
+    assert!(
+        (8..=9).contains(&of("n0")) && (8..=9).contains(&of("n1")),
+        "{} {}",
+        of("n0"),
+        of("n1")
+    );
     eprintln!(
         "1000 addresses on 2 nodes against one etcd in {secs:.2} s ({:.0}/s), {} blocks",
         1000.0 / secs,
@@ -197,7 +215,9 @@ fn borrowing_from_a_full_29_unless_strict_affinity() {
         })
     };
     // n0 fills its /29 (7 usable: the pool's network or broadcast address is in it).
-    let mine: Vec<_> = (0..7).map(|i| assign("n0", &format!("n0-{i}")).unwrap()).collect();
+    let mine: Vec<_> = (0..7)
+        .map(|i| assign("n0", &format!("n0-{i}")).unwrap())
+        .collect();
     assert!(mine.iter().all(|r| !r.borrowed && r.block == mine[0].block));
     let other = assign("n1", "n1-0").unwrap();
     assert_ne!(other.block, mine[0].block);
