@@ -174,9 +174,9 @@ fn two_nodes_allocate_1000_addresses_concurrently() {
     // And all back: releasing every handle frees every block.
     let t1 = Instant::now();
     for (i, node) in ["n0", "n1"].iter().enumerate() {
-        for k in 0..per_node {
+        for (k, ip) in results[i].iter().enumerate() {
             let got = a.release(&format!("net/{node}-{k}/eth0")).unwrap();
-            assert_eq!(got, vec![results[i][k]]);
+            assert_eq!(got, vec![*ip]);
         }
     }
     eprintln!("1000 releases in {:.2} s", t1.elapsed().as_secs_f64());
