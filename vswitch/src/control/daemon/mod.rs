@@ -188,6 +188,8 @@ impl Daemon {
             d.install_network(n, true)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        // Pool blocks this node already holds (a restart): blackholed like static blocks.
+        d.pool_routes_changed(Some(Vec::new()));
         Ok(d)
     }
 

@@ -149,7 +149,7 @@ impl Daemon {
 
     /// Keeps the kernel's blackhole routes in step with this node's pool blocks, as for static
     /// blocks (see `install_network`).
-    fn pool_routes_changed(&mut self, before: Option<Vec<Ipv4Net>>) {
+    pub(super) fn pool_routes_changed(&mut self, before: Option<Vec<Ipv4Net>>) {
         let before: BTreeSet<Ipv4Net> = before.unwrap_or_default().into_iter().collect();
         let after: BTreeSet<Ipv4Net> = self
             .pools
