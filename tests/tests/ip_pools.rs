@@ -512,3 +512,98 @@ fn kill_9_during_allocation_leaks_nothing_after_check() {
         pods.len()
     );
 }
+
+/// A /28 pool of two /29 blocks and `maxBlocksPerHost: 1`: n1 claims one block, n0 fills the
+/// other; n0's next pod borrows from n1's block, and the pods still reach each other (n0
+/// publishes the borrowed address as a /32, which wins over n1's block). With strictAffinity
+/// the next ADD is refused (address exhausted).
+#[test]
+fn borrowing_through_cni_when_the_29_is_full() {
+    if !require_root("borrowing_through_cni_when_the_29_is_full") {
+        return;
+    }
+    let _serial = topo::serial();
+    let mut lab = Lab::new().unwrap();
+    let ra = topo::rack(&mut lab, "ra", "10.1.5").unwrap();
+    let etcd = topo::etcd(&mut lab, &ra, "etcd", 100).unwrap();
+    let n0 = topo::node(&mut lab, &ra, "n0", 11).unwrap();
+    let n1 = topo::node(&mut lab, &ra, "n1", 12).unwrap();
+    let d0 = lab.daemon(&n0.ns, &node_cfg(&n0, "", Some(&etcd))).unwrap();
+    let d1 = lab.daemon(&n1.ns, &node_cfg(&n1, "", Some(&etcd))).unwrap();
+    let file = lab.dir.join("small.yaml");
+    let cfg = |strict: bool| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: small}}\n\
+             spec: {{cidr: 10.244.50.0/28, blockSize: 29}}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {{name: default}}\n\
+             spec: {{strictAffinity: {strict}, maxBlocksPerHost: 1}}\n"
+        )
+    };
+    std::fs::write(&file, cfg(false)).unwrap();
+    d0.ctl(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    let (p1_ns, p1) = add(&mut lab, &d1, "p1", "default", json!({}));
+    assert!(p1.ok, "{} {}", p1.out, p1.stderr);
+    let mut n0_pods = Vec::new();
+    for i in 0..7 {
+        let (ns, o) = add(&mut lab, &d0, &format!("q{i}"), "default", json!({}));
+        assert!(o.ok, "q{i}: {} {}", o.out, o.stderr);
+        n0_pods.push((ns, o.ip()));
+    }
+    let same_block = |a: &str, b: &str| {
+        let last = |s: &str| s.rsplit('.').next().unwrap().parse::<u8>().unwrap() / 8;
+        last(a) == last(b)
+    };
+    assert!(n0_pods.iter().all(|(_, ip)| !same_block(ip, &p1.ip())));
+    // n0's block is full and it may hold no second one: borrow from n1's.
+    let (b_ns, b) = add(&mut lab, &d0, "borrower", "default", json!({}));
+    assert!(
+        b.ok,
+        "borrow: {} {}\n{}",
+        b.out,
+        b.stderr,
+        vswitch_lab::tail(&d0.log_text(), 20)
+    );
+    assert!(
+        same_block(&b.ip(), &p1.ip()),
+        "{} should come from n1's block (p1 {})",
+        b.ip(),
+        p1.ip()
+    );
+    let show = d0.ctl_json(&["ipam", "show"]).unwrap();
+    let borrowed: u64 = show["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["borrowed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(borrowed, 1, "{show}");
+    // The borrowed address is reachable from the block's owner and from n0's own pods.
+    assert!(
+        lab.ping_until(&p1_ns, &b.ip(), Duration::from_secs(15)),
+        "p1 -> borrowed {}\npeers n1: {}",
+        b.ip(),
+        d1.ctl(&["peers"]).unwrap_or_default()
+    );
+    assert!(
+        lab.ping_until(&b_ns, &p1.ip(), Duration::from_secs(5)),
+        "borrowed -> p1"
+    );
+    assert!(
+        lab.ping_until(&n0_pods[0].0, &p1.ip(), Duration::from_secs(5)),
+        "q0 -> p1"
+    );
+    // strictAffinity: no more borrowing.
+    std::fs::write(&file, cfg(true)).unwrap();
+    d0.ctl(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    let (_x_ns, x) = add(&mut lab, &d0, "strict", "default", json!({}));
+    assert!(!x.ok, "strictAffinity must refuse borrowing: {}", x.out);
+    assert_eq!(x.out["code"], 102, "{}", x.out);
+    assert!(
+        x.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("strictAffinity"),
+        "{}",
+        x.out
+    );
+}
