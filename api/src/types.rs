@@ -222,6 +222,30 @@ pub struct NetworkInfo {
     pub ports: usize,
 }
 
+/// A port's standing after a daemon restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortState {
+    /// Created by this daemon run.
+    #[default]
+    Up,
+    /// Persisted by an earlier run, its interface found alive and re-attached at start.
+    Restored,
+    /// Persisted by an earlier run, its interface or namespace gone at start: nothing of it is
+    /// forwarded; its addresses stay assigned until the runtime's DEL (or `port del`).
+    Gone,
+}
+
+impl std::fmt::Display for PortState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortState::Up => "up",
+            PortState::Restored => "restored",
+            PortState::Gone => "gone",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {
     pub id: String,
@@ -230,6 +254,9 @@ pub struct PortInfo {
     pub ifname: String,
     /// Name of the device the daemon holds: the tap (inside the pod) or the host veth end.
     pub host_ifname: String,
+    /// Where the port stands after the daemon's last start (reconciliation with what exists).
+    #[serde(default)]
+    pub state: PortState,
     pub attach: AttachKind,
     pub mac: MacAddr,
     pub ips: Vec<Ipv4Addr>,

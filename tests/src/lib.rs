@@ -204,6 +204,15 @@ impl Lab {
         }
     }
 
+    /// Kills a process the lab started with SIGKILL (a crash: no cleanup of its own) and reaps it.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts `vswitchd` inside `node_ns` with its own socket and state dir, `config_toml`
     /// appended to its config file, and waits until the control socket answers.
     pub fn daemon(&mut self, node_ns: &str, config_toml: &str) -> Result<Daemon> {
@@ -222,7 +231,11 @@ impl Lab {
                 socket.display().to_string()
             ),
         )?;
-        let logf = std::fs::File::create(&log)?;
+        // Appended to: a restarted daemon (same node namespace) continues the same log.
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let pid = self.spawn(
             Command::new("ip")
                 .args(["netns", "exec", node_ns])

@@ -359,7 +359,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             table(
                 &[
                     "PORT", "NETWORK", "NETNS", "IFNAME", "ATTACH", "DEVICE", "MAC", "IPS", "MTU",
-                    "WORKER",
+                    "WORKER", "STATE",
                 ],
                 ports
                     .iter()
@@ -375,6 +375,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                             join_ips(&p.ips),
                             p.mtu.to_string(),
                             p.worker.to_string(),
+                            p.state.to_string(),
                         ]
                     })
                     .collect(),

@@ -29,10 +29,15 @@ struct Args {
     /// Dataplane worker threads (overrides the config).
     #[arg(long)]
     workers: Option<usize>,
+    /// On SIGTERM/SIGINT remove every port (pod interfaces included) before exiting. Without
+    /// it pods keep their interfaces and the next start re-attaches them (restart, upgrade).
+    #[arg(long)]
+    cleanup: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let cleanup = args.cleanup;
     let mut cfg = match &args.config {
         Some(p) => DaemonConfig::load(p)?,
         None => DaemonConfig::default(),
@@ -72,11 +77,12 @@ fn main() -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("vswitch-housekeeping".into())
             .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
+                // First round at once: a restarted daemon needs its peers' MACs right away.
                 match daemon.lock() {
                     Ok(mut d) => d.refresh_peer_macs(),
                     Err(p) => p.into_inner().refresh_peer_macs(),
                 }
+                std::thread::sleep(std::time::Duration::from_secs(1));
             })
             .context("start housekeeping thread")?;
     }
@@ -99,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         Ok(d) => d,
         Err(p) => p.into_inner(),
     };
-    d.shutdown();
+    d.shutdown(cleanup);
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

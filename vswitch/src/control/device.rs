@@ -50,6 +50,32 @@ pub fn open_tap(netns: &Path, name: &str, offloads: bool) -> io::Result<Result<P
     })
 }
 
+/// Reattaches to the persistent tap `ifname` inside `netns` (after a daemon restart).
+pub fn reopen_tap(
+    netns: &Path,
+    ifname: &str,
+    offloads: bool,
+) -> io::Result<Result<PortDev, TapError>> {
+    let name = ifname.to_string();
+    crate::sys::netns::run_in_netns(netns, move || {
+        let tap = Tap::reopen(&name, offloads)?;
+        // Hand the port to the workers only once the pod can send on it again, so the pod's
+        // first ARP request after the restart is not lost (it would retry only a second later).
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while !Tap::is_running(&name).unwrap_or(true) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(PortDev::Tap(Arc::new(tap)))
+    })
+}
+
+/// Whether interface `ifname` exists inside `netns`.
+pub fn exists_in(netns: &Path, ifname: &str) -> bool {
+    let name = ifname.to_string();
+    crate::sys::netns::run_in_netns(netns, move || crate::sys::if_index(&name).is_ok())
+        .unwrap_or(false)
+}
+
 /// Opens the AF_PACKET socket on a pod veth's host end.
 pub fn open_packet(host_ifname: &str) -> io::Result<PortDev> {
     let idx = crate::sys::if_index(host_ifname)?;

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod device;
 pub mod ipam;
 pub mod netconf;
+pub mod netlink;
 pub mod pools;
 pub mod server;
 pub mod store;

@@ -1,26 +1,24 @@
 //! Interface plumbing for ports: create veths with their pod end in the pod namespace, set
-//! names, MACs, MTUs, addresses and routes. Done with iproute2 (`ip`) and `nsenter` as child
-//! processes, plus a short-lived thread that joins the pod namespace only to open a tap or change
-//! offloads (`sys::netns`): no long-lived thread ever changes namespace (netavark's rule), and
-//! every step's failure is reported with the command that failed.
+//! names, MACs, MTUs, addresses and routes, observe them for CHECK, delete them. All in-process
+//! over rtnetlink ([`super::netlink`]): the socket for a pod is opened by a short-lived thread
+//! inside the pod's namespace (`sys::netns`), so no long-lived thread ever changes namespace
+//! (netavark's rule) and no `ip`/`nsenter` child process runs on the ADD/DEL/CHECK path. Every
+//! failure names its step and carries the kernel's errno.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vswitch_config::{Ipv4Net, MacAddr, RouteSpec};
+
+use super::netlink::{Netlink, NetlinkError};
 
 /// A failed plumbing step.
 #[derive(Debug, thiserror::Error)]
 pub enum NetconfError {
-    #[error("`{cmd}` failed: {stderr}")]
-    Command { cmd: String, stderr: String },
-    #[error("cannot run `{cmd}`: {source}")]
-    Spawn {
-        cmd: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("link {0} not found")]
+    NoLink(String),
     #[error("cannot write {path}: {source}")]
     Sysctl {
         path: String,
@@ -36,37 +34,6 @@ pub fn netns_path(spec: &str) -> PathBuf {
     } else {
         Path::new("/run/netns").join(spec)
     }
-}
-
-fn run(cmd: &mut Command) -> Result<String, NetconfError> {
-    let text = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|source| NetconfError::Spawn {
-        cmd: text.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(NetconfError::Command {
-            cmd: text,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `ip ARGS` in the daemon's namespace.
-pub fn ip(args: &[&str]) -> Result<String, NetconfError> {
-    run(Command::new("ip").args(args))
-}
-
-/// `ip ARGS` inside the namespace at `netns`.
-pub fn ip_in(netns: &Path, args: &[&str]) -> Result<String, NetconfError> {
-    let mut net = std::ffi::OsString::from("--net=");
-    net.push(netns);
-    run(Command::new("nsenter")
-        .arg(net)
-        .arg("--")
-        .arg("ip")
-        .args(args))
 }
 
 /// Writes a sysctl of the daemon's namespace, e.g. `net/ipv6/conf/X/disable_ipv6`.
@@ -87,58 +54,30 @@ pub struct PodIfConfig<'a> {
     pub routes: &'a [RouteSpec],
 }
 
-/// Configures link `tmp_name`, created inside `netns`: one child process (`ip -batch` inside the
-/// namespace, stopping at the first failing command), since process start-up dominates a CNI ADD.
-pub fn configure_in(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
-    let mut batch = format!(
-        "link set dev {} name {} address {} mtu {}\n",
-        c.tmp_name, c.ifname, c.mac, c.mtu
-    );
-    for a in c.ips {
-        batch += &format!("addr add {a}/{} dev {}\n", c.subnet.prefix_len(), c.ifname);
-    }
-    batch += &format!("link set dev {} up\n", c.ifname);
-    for r in c.routes {
-        batch += &format!(
-            "route add {} via {} dev {}\n",
-            r.dst,
-            r.via.unwrap_or(c.gateway),
-            c.ifname
-        );
-    }
-    let mut net = std::ffi::OsString::from("--net=");
-    net.push(netns);
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(net).args(["--", "ip", "-batch", "-"]);
-    run_with_stdin(&mut cmd, &batch)
+fn index_of(nl: &mut Netlink, name: &str) -> Result<u32, NetconfError> {
+    nl.link_index(name)?
+        .ok_or_else(|| NetconfError::NoLink(name.to_string()))
 }
 
-fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<(), NetconfError> {
-    use std::io::Write;
-    let text = format!("{cmd:?} <<< {input:?}").replace('"', "");
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|source| NetconfError::Spawn {
-            cmd: text.clone(),
-            source,
-        })?;
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(input.as_bytes());
+/// Configures link `tmp_name`, created inside `netns`: final name, MAC and MTU in one request
+/// (the link is still down), then addresses, up, routes. Stops at the first failing step.
+pub fn configure_in(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
+    let mut nl = Netlink::open_in(netns)?;
+    let idx = index_of(&mut nl, c.tmp_name)?;
+    nl.set_link(
+        idx,
+        Some(c.ifname),
+        Some(c.mac),
+        Some(c.mtu),
+        false,
+        &format!("rename {} to {}, set address and mtu", c.tmp_name, c.ifname),
+    )?;
+    for a in c.ips {
+        nl.add_addr(idx, *a, c.subnet.prefix_len())?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| NetconfError::Spawn {
-            cmd: text.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(NetconfError::Command {
-            cmd: text,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+    nl.set_link(idx, None, None, None, true, &format!("set {} up", c.ifname))?;
+    for r in c.routes {
+        nl.add_route(idx, r.dst, r.via.unwrap_or(c.gateway))?;
     }
     Ok(())
 }
@@ -146,13 +85,23 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<(), NetconfError> {
 impl NetconfError {
     /// The failure was a name that already exists (the interface name in the pod).
     pub fn is_exists(&self) -> bool {
-        matches!(self, NetconfError::Command { stderr, .. } if stderr.contains("File exists"))
+        matches!(self, NetconfError::Netlink(e) if e.errno() == Some(libc::EEXIST))
     }
 }
 
 /// Deletes `ifname` inside `netns`, ignoring "not found" (used for rollback and port removal).
 pub fn delete_link_in(netns: &Path, ifname: &str) {
-    let _ = ip_in(netns, &["link", "del", "dev", ifname]);
+    if let Ok(mut nl) = Netlink::open_in(netns) {
+        delete_with(&mut nl, ifname);
+    }
+}
+
+fn delete_with(nl: &mut Netlink, name: &str) {
+    if let Ok(Some(i)) = nl.link_index(name) {
+        if let Err(e) = nl.del_link(i, &format!("delete link {name}")) {
+            tracing::debug!("{e}");
+        }
+    }
 }
 
 /// Creates a veth pair: the host end in the daemon's namespace, the pod end (`peer`) directly in
@@ -168,69 +117,52 @@ pub fn create_host_veth(
     mtu: u16,
     netns: &Path,
 ) -> Result<(), NetconfError> {
-    let mtu = mtu.to_string();
-    let ns = netns.to_string_lossy();
-    ip(&[
-        "link", "add", host, "mtu", &mtu, "arp", "off", "type", "veth", "peer", "name", peer,
-        "mtu", &mtu, "netns", &ns,
-    ])?;
+    let mut nl = Netlink::open()?;
+    nl.add_veth(host, peer, mtu, netns)?;
     let prepared = (|| {
         sysctl(&format!("net/ipv6/conf/{host}/disable_ipv6"), "1")?;
         sysctl(&format!("net/ipv4/conf/{host}/rp_filter"), "1")?;
-        ip(&["link", "set", "dev", host, "up"])?;
+        let idx = index_of(&mut nl, host)?;
+        nl.set_link(idx, None, None, None, true, &format!("set {host} up"))?;
         Ok(())
     })();
     if prepared.is_err() {
-        let _ = ip(&["link", "del", "dev", host]);
+        delete_with(&mut nl, host);
     }
     prepared
 }
 
+/// Deletes link `name` of the daemon's namespace, ignoring "not found".
 pub fn delete_link(name: &str) {
-    let _ = ip(&["link", "del", "dev", name]);
+    if let Ok(mut nl) = Netlink::open() {
+        delete_with(&mut nl, name);
+    }
+}
+
+/// Adds (or, with `present = false`, removes) a blackhole route in the daemon's namespace.
+pub fn blackhole(dst: Ipv4Net, present: bool) -> Result<(), NetconfError> {
+    Netlink::open()?.blackhole(dst, present)?;
+    Ok(())
 }
 
 /// Reads what `ifname` in `netns` looks like now (MAC, IPv4 addresses, IPv4 routes), for CNI CHECK.
 pub fn observe(netns: &Path, ifname: &str) -> vswitch_api::ObservedInterface {
     let mut o = vswitch_api::ObservedInterface::default();
-    let Ok(addr) = ip_in(netns, &["-j", "addr", "show", "dev", ifname]) else {
+    let Ok(mut nl) = Netlink::open_in(netns) else {
         return o;
     };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&addr) else {
-        return o;
-    };
-    let Some(link) = v.as_array().and_then(|a| a.first()) else {
+    let Ok(Some(idx)) = nl.link_index(ifname) else {
         return o;
     };
     o.exists = true;
-    o.mac = link["address"].as_str().and_then(|m| m.parse().ok());
-    for a in link["addr_info"].as_array().into_iter().flatten() {
-        if a["family"] == "inet" {
-            if let (Some(l), Some(p)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
-                o.addrs.push(format!("{l}/{p}"));
-            }
-        }
-    }
-    if let Ok(routes) = ip_in(netns, &["-j", "-4", "route", "show", "dev", ifname]) {
-        if let Ok(serde_json::Value::Array(rs)) = serde_json::from_str::<serde_json::Value>(&routes)
-        {
-            for r in rs {
-                let dst = match r["dst"].as_str() {
-                    Some("default") => Some(Ipv4Net::default()),
-                    Some(d) if d.contains('/') => d.parse().ok(),
-                    Some(d) => d
-                        .parse::<Ipv4Addr>()
-                        .ok()
-                        .and_then(|a| Ipv4Net::new(a, 32).ok()),
-                    None => None,
-                };
-                let via = r["gateway"].as_str().and_then(|g| g.parse().ok());
-                if let Some(dst) = dst {
-                    o.routes.push(RouteSpec { dst, via });
-                }
-            }
-        }
-    }
+    o.mac = nl.link_mac(idx).ok().flatten();
+    o.addrs = nl.addrs(idx).unwrap_or_default();
+    o.routes = nl
+        .routes(idx)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(dst, via)| RouteSpec { dst, via })
+        .collect();
     o
 }
 

@@ -8,7 +8,37 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Mode of every state file: allocations, networks and ports name tenants' pods and addresses,
+/// which other local users have no business reading.
+pub const STATE_FILE_MODE: u32 = 0o600;
+
+/// Replaces `path` with `bytes` atomically and durably: a temp file beside it (mode 0600, even
+/// if a stale temp file with a wider mode is left over), fsynced, renamed over `path`, then the
+/// directory fsynced so the rename itself survives a power cut. After a crash the file holds the
+/// old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(STATE_FILE_MODE)
+        .open(&tmp)?;
+    // `mode` only applies to a file this call creates.
+    f.set_permissions(std::fs::Permissions::from_mode(STATE_FILE_MODE))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -94,27 +124,30 @@ impl FileStore {
             path: self.path.display().to_string(),
             source,
         };
-        let tmp = self.path.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(data).map_err(|e| werr(std::io::Error::other(e)))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(werr)?;
-        f.write_all(&bytes).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, &self.path).map_err(werr)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
-        }
-        Ok(())
+        write_atomic(&self.path, &bytes).map_err(werr)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_narrows_a_stale_temp_file() {
+        let dir = std::env::temp_dir().join(format!("vswitch-atomic-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.json");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, b"old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert!(!tmp.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn commit_persists_and_scan_filters() {
@@ -138,6 +171,8 @@ mod tests {
         .unwrap();
         let s = FileStore::open(&path).unwrap();
         assert_eq!(s.scan("a/").count(), 2);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, STATE_FILE_MODE, "{mode:o}");
         assert!(s.get("b/1").is_none());
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(

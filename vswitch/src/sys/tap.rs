@@ -39,6 +39,18 @@ pub enum TapError {
     Offload(#[source] io::Error),
     #[error("interface name {0:?} is empty or longer than 15 bytes")]
     Name(String),
+    #[error("no interface {0:?} to reattach to")]
+    Missing(String),
+    #[error("TUNSETPERSIST: {0}")]
+    Persist(#[source] io::Error),
+}
+
+impl TapError {
+    /// The tap is still attached to another descriptor: typically the previous daemon's, whose
+    /// io_uring the kernel tears down a little after the process has died.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, TapError::SetIff { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
+    }
 }
 
 /// An open tap device.
@@ -61,6 +73,57 @@ impl Tap {
     /// Creates tap `name` in the calling thread's network namespace, non-blocking, with offloads
     /// (`offloads = false`: none, so the pod's kernel finishes every checksum and segment).
     pub fn create(name: &str, offloads: bool) -> Result<Tap, TapError> {
+        Self::attach(name, offloads)
+    }
+
+    /// Reattaches to the existing persistent tap `name` in the calling thread's namespace (a
+    /// daemon restart): the device, its addresses and routes and the pod's sockets on it have
+    /// lived on without us. Never creates one: a tap that is gone stays gone.
+    pub fn reopen(name: &str, offloads: bool) -> Result<Tap, TapError> {
+        let before = super::if_index(name).map_err(|_| TapError::Missing(name.to_string()))?;
+        let tap = Self::attach(name, offloads)?;
+        // TUNSETIFF would have created a new device had the old one vanished in between.
+        if super::if_index(name).ok() != Some(before) {
+            let _ = tap.set_persist(false);
+            return Err(TapError::Missing(name.to_string()));
+        }
+        Ok(tap)
+    }
+
+    /// Whether the kernel has brought the tap's link up (IFF_RUNNING, set by the link watcher
+    /// together with activating its queue discipline, some time after a reattach gave it its
+    /// carrier back). A pod's packets sent before that are dropped, its first ARP request too.
+    pub fn is_running(name: &str) -> io::Result<bool> {
+        // SAFETY: plain syscall; the fd is checked and then owned.
+        let raw =
+            cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = ifreq(name);
+        // SAFETY: `req` is a valid ifreq naming the interface; the kernel writes its flags.
+        cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        Ok(flags & libc::IFF_RUNNING as libc::c_short != 0)
+    }
+
+    /// Whether the device outlives its last open descriptor. Pod taps are persistent, so a
+    /// daemon crash or restart leaves the pod its interface; removing a port clears it first.
+    pub fn set_persist(&self, on: bool) -> Result<(), TapError> {
+        // SAFETY: TUNSETPERSIST takes its argument by value.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(on),
+            )
+        })
+        .map_err(TapError::Persist)?;
+        Ok(())
+    }
+
+    /// TUNSETIFF on `name`: creates the tap, or attaches to a persistent one of that name.
+    fn attach(name: &str, offloads: bool) -> Result<Tap, TapError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(TapError::Name(name.to_string()));
         }

@@ -33,6 +33,7 @@ mod observe;
 mod peers;
 mod pools;
 mod ports;
+mod restore;
 mod views;
 
 use networks::{load_networks, NETWORKS_FILE};
@@ -52,14 +53,21 @@ struct Port {
     counters: Vec<Arc<PortCounters>>,
     /// AF_PACKET: frames the kernel dropped in front of the socket so far.
     kernel_drops: std::sync::atomic::AtomicU64,
-    /// Keeps the device open; dropping the last reference closes it (a tap then disappears).
+    /// Keeps the device open. Pod taps are persistent: closing them (the daemon stops or dies)
+    /// leaves them in the pod; `port_del` clears that first.
     dev: Option<PortDev>,
+    /// May send with addresses other than its own (a router pod).
+    router: bool,
+    /// Routes configured in the pod (persisted with the port, returned by a retried CNI ADD).
+    routes: Vec<RouteSpec>,
 }
 
 pub struct Daemon {
     cfg: DaemonConfig,
     networks: BTreeMap<String, Network>,
     ports: BTreeMap<String, Port>,
+    /// Persisted ports whose interface was gone at start (shown by `port list` until removed).
+    gone: BTreeMap<String, PortInfo>,
     workers: Vec<WorkerHandle>,
     free_domains: BTreeSet<DomainIdx>,
     next_domain: DomainIdx,
@@ -146,6 +154,7 @@ impl Daemon {
             cfg: cfg.clone(),
             networks: BTreeMap::new(),
             ports: BTreeMap::new(),
+            gone: BTreeMap::new(),
             workers,
             free_domains: BTreeSet::new(),
             next_domain: 0,
@@ -190,19 +199,35 @@ impl Daemon {
         }
         // Pool blocks this node already holds (a restart): blackholed like static blocks.
         d.pool_routes_changed(Some(Vec::new()));
+        // Networks and peers first, so every restored port lands in complete tables.
+        d.restore_ports()?;
         Ok(d)
     }
 
-    /// Removes every port (so no veth is left behind) and stops the workers.
-    pub fn shutdown(&mut self) {
-        let ids: Vec<String> = self.ports.keys().cloned().collect();
-        for id in ids {
-            if let Err(e) = self.port_del(&id) {
-                tracing::warn!(port = %id, "removing port at shutdown: {e}");
+    /// Stops the workers. Pods keep their interfaces (persistent taps, veths) and the state dir
+    /// keeps their ports, so the next start re-attaches them: a restart or upgrade is "stop
+    /// old, start new". With `cleanup`, every port is removed first (the pre-restart
+    /// behaviour: no interface left behind).
+    pub fn shutdown(&mut self, cleanup: bool) {
+        if cleanup {
+            let ids: Vec<String> = self.ports.keys().cloned().collect();
+            for id in ids {
+                if let Err(e) = self.port_del(&id) {
+                    tracing::warn!(port = %id, "removing port at shutdown: {e}");
+                }
             }
+        } else {
+            tracing::info!(
+                ports = self.ports.len(),
+                "pods keep their interfaces; the next start re-attaches them"
+            );
         }
         for w in std::mem::take(&mut self.workers) {
             w.shutdown();
+        }
+        // Close every device after the workers let go of theirs (taps stay, being persistent).
+        for p in self.ports.values_mut() {
+            drop(p.dev.take());
         }
     }
 
@@ -226,7 +251,12 @@ impl Daemon {
             Request::PortAdd(r) => answer(r, |r| self.port_add(r, None)),
             Request::PortDel(r) => answer(r, |r| self.port_del(&r.id).map(|_| Done {})),
             Request::PortList(r) => answer(r, |_| {
-                Ok(self.ports.values().map(|p| p.info.clone()).collect())
+                Ok(self
+                    .ports
+                    .values()
+                    .map(|p| p.info.clone())
+                    .chain(self.gone.values().cloned())
+                    .collect())
             }),
             Request::FdbShow(r) => answer(r, |r| self.fdb_show(&r.network)),
             Request::Stats(r) => answer(r, |_| Ok(self.stats())),

@@ -137,7 +137,7 @@ impl Daemon {
             // route. A blackhole route per local block stops that, as Calico does for its
             // blocks; vswitch has already taken its copy from the underlay.
             for b in &conf.blocks {
-                if let Err(e) = netconf::ip(&["route", "replace", "blackhole", &b.to_string()]) {
+                if let Err(e) = netconf::blackhole(*b, true) {
                     tracing::warn!(network = %name, block = %b, "blackhole route: {e}");
                 }
             }
@@ -152,7 +152,7 @@ impl Daemon {
         let n = self.networks.remove(name)?;
         if n.conf.kind == NetworkKind::L3 && n.conf.spans_nodes() {
             for b in &n.conf.blocks {
-                let _ = netconf::ip(&["route", "del", "blackhole", &b.to_string()]);
+                let _ = netconf::blackhole(*b, false);
             }
         }
         let idx = n.idx;

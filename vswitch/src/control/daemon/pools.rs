@@ -165,12 +165,12 @@ impl Daemon {
             })
         };
         for r in after.difference(&before).filter(|r| spans(r)) {
-            if let Err(e) = netconf::ip(&["route", "replace", "blackhole", &r.to_string()]) {
+            if let Err(e) = netconf::blackhole(*r, true) {
                 tracing::warn!(block = %r, "blackhole route: {e}");
             }
         }
         for r in before.difference(&after) {
-            let _ = netconf::ip(&["route", "del", "blackhole", &r.to_string()]);
+            let _ = netconf::blackhole(*r, false);
         }
         tracing::info!(routes = ?after, "pool blocks of this node changed");
     }

@@ -5,16 +5,17 @@ use std::io::Read;
 use std::sync::Arc;
 
 use vswitch_config::{
-    is_host_of, validate_ifname, validate_name, MacAddr, NetworkConfig, NetworkKind,
+    is_host_of, validate_ifname, validate_name, MacAddr, NetworkConfig, NetworkKind, RouteSpec,
 };
 
 use super::{err, sys_err, Daemon, Port};
 use crate::control::device;
 use crate::control::netconf::{self, PodIfConfig};
 use crate::dataplane::pipeline::PortConf;
+use crate::dataplane::port::PortDev;
 use crate::dataplane::worker::Command;
 use crate::dataplane::PortCounters;
-use vswitch_api::{ApiError, ErrorKind, PortAdd, PortInfo};
+use vswitch_api::{ApiError, ErrorKind, PortAdd, PortInfo, PortState};
 
 pub(super) fn random_mac() -> MacAddr {
     let mut b = [0u8; 6];
@@ -176,7 +177,7 @@ impl Daemon {
         }
         let mac = self.validate_port(&r, &id)?;
         let net = &self.networks[&r.network];
-        let (conf, domain) = (net.conf.clone(), net.idx);
+        let conf = net.conf.clone();
         let mtu = conf.effective_mtu(self.underlay_mtu);
         let ns = netconf::netns_path(&r.netns);
 
@@ -198,9 +199,36 @@ impl Daemon {
                 routes: &r.routes,
             }
         }
-        // Create the device and configure the pod side; on failure undo and report.
         let attach = r.attach.unwrap_or(conf.attach);
-        let (io, host_ifname) = match attach {
+        let host = match attach {
+            vswitch_config::AttachKind::Tap => r.ifname.clone(),
+            vswitch_config::AttachKind::AfPacket => self.next_link_name("vsh"),
+        };
+        let info = PortInfo {
+            id: id.clone(),
+            network: r.network.clone(),
+            netns: r.netns.clone(),
+            ifname: r.ifname.clone(),
+            host_ifname: host.clone(),
+            state: PortState::Up,
+            attach,
+            mac,
+            ips: r.ips.clone(),
+            mtu,
+            worker: self.least_loaded_worker(),
+            container_id,
+        };
+        // The port's record goes to disk (fsync'd) while the interface is being plumbed: a
+        // record whose interface never came to be is reconciled as gone at the next start.
+        let persisted = self.spawn_persist(&info, r.router, &r.routes, conf.offloads);
+        let undo_record = |me: &Self, persisted: std::thread::JoinHandle<Result<(), ApiError>>| {
+            let _ = persisted.join();
+            if let Err(e) = me.persist_ports() {
+                tracing::warn!(port = %info.id, "{e}");
+            }
+        };
+        // Create the device and configure the pod side; on failure undo and report.
+        let io = match attach {
             vswitch_config::AttachKind::Tap => {
                 let tmp = self.next_link_name("vst");
                 // Created inside the pod's namespace: no device move needed afterwards.
@@ -210,39 +238,93 @@ impl Daemon {
                             ErrorKind::NetnsNotFound,
                             format!("enter netns {:?}: {e}", r.netns),
                         )
-                    })?
-                    .map_err(|e| sys_err("create tap", e))?;
-                if let Err(e) = netconf::configure_in(&ns, &pod_if(&tmp, &r, mac, &conf, mtu)) {
-                    drop(tap); // closing the fd removes the tap wherever it is
-                    return Err(pod_if_err(&r, e));
+                    })
+                    .and_then(|t| t.map_err(|e| sys_err("create tap", e)));
+                let configured = tap.and_then(|tap| {
+                    match netconf::configure_in(&ns, &pod_if(&tmp, &r, mac, &conf, mtu)) {
+                        Ok(()) => Ok(tap),
+                        // Closing the fd removes the (not yet persistent) tap wherever it is.
+                        Err(e) => Err(pod_if_err(&r, e)),
+                    }
+                });
+                match configured {
+                    Ok(t) => t,
+                    Err(e) => {
+                        undo_record(self, persisted);
+                        return Err(e);
+                    }
                 }
-                (tap, r.ifname.clone())
             }
             vswitch_config::AttachKind::AfPacket => {
-                let host = self.next_link_name("vsh");
                 let peer = self.next_link_name("vsp");
-                netconf::create_host_veth(&host, &peer, mtu, &ns)
-                    .map_err(|e| sys_err("create veth", e))?;
-                let opened = netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu))
-                    .map_err(|e| pod_if_err(&r, e))
+                let opened = netconf::create_host_veth(&host, &peer, mtu, &ns)
+                    .map_err(|e| sys_err("create veth", e))
                     .and_then(|_| {
-                        device::open_packet(&host).map_err(|e| sys_err("open AF_PACKET socket", e))
+                        netconf::configure_in(&ns, &pod_if(&peer, &r, mac, &conf, mtu)).map_err(
+                            |e| {
+                                netconf::delete_link(&host);
+                                pod_if_err(&r, e)
+                            },
+                        )
+                    })
+                    .and_then(|_| {
+                        device::open_packet(&host).map_err(|e| {
+                            netconf::delete_link(&host);
+                            sys_err("open AF_PACKET socket", e)
+                        })
                     });
                 match opened {
-                    Ok(s) => (s, host),
+                    Ok(s) => s,
                     Err(e) => {
-                        netconf::delete_link(&host);
+                        undo_record(self, persisted);
                         return Err(e);
                     }
                 }
             }
         };
-        let dev = io;
+        // Joined before anything else writes the file (only one writer at a time).
+        let written = persisted
+            .join()
+            .unwrap_or_else(|_| Err(sys_err("write ports", "writer thread panicked")));
+        if let Err(e) = written {
+            drop(io);
+            if attach == vswitch_config::AttachKind::AfPacket {
+                netconf::delete_link(&host);
+            }
+            let _ = self.persist_ports();
+            return Err(e);
+        }
+        // On failure install_port removes the port again, record included.
+        let info = self.install_port(info, io, r.router, r.routes.clone())?;
+        tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
+        Ok(info)
+    }
+
+    /// Hands an open device to the workers (its owner polls it) and records the port. Taps are
+    /// made persistent here, once nothing can fail any more, so a failed ADD still removes its
+    /// tap by closing it, and a port that was added outlives the daemon.
+    pub(super) fn install_port(
+        &mut self,
+        mut info: PortInfo,
+        dev: PortDev,
+        router: bool,
+        routes: Vec<RouteSpec>,
+    ) -> Result<PortInfo, ApiError> {
+        let Some(net) = self.networks.get(&info.network) else {
+            return Err(err(
+                ErrorKind::UnknownNetwork,
+                format!("unknown network {:?}", info.network),
+            ));
+        };
+        let domain = net.idx;
+        if info.worker >= self.workers.len() {
+            info.worker = self.least_loaded_worker();
+        }
+        let owner = info.worker;
         let idx = self.free_ports.pop_first().unwrap_or_else(|| {
             self.next_port += 1;
             self.next_port - 1
         });
-        let owner = self.least_loaded_worker();
         let counters: Vec<Arc<PortCounters>> = self
             .workers
             .iter()
@@ -250,11 +332,11 @@ impl Daemon {
             .collect();
         let pconf = PortConf {
             domain,
-            mac,
-            ips: r.ips.clone(),
+            mac: info.mac,
+            ips: info.ips.clone(),
             ips6: Vec::new(),
-            router: r.router,
-            max_frame: usize::from(mtu) + crate::packet::ethernet::HEADER_LEN,
+            router,
+            max_frame: usize::from(info.mtu) + crate::packet::ethernet::HEADER_LEN,
         };
         let mut installed = Ok(());
         for w in &self.workers {
@@ -269,37 +351,33 @@ impl Daemon {
                 break;
             }
         }
-        let info = PortInfo {
-            id: id.clone(),
-            network: r.network.clone(),
-            netns: r.netns.clone(),
-            ifname: r.ifname.clone(),
-            host_ifname,
-            attach,
-            mac,
-            ips: r.ips.clone(),
-            mtu,
-            worker: owner,
-            container_id,
-        };
+        let installed =
+            installed
+                .map_err(|e| sys_err("install port", e))
+                .and_then(|_| match &dev {
+                    PortDev::Tap(t) => t.set_persist(true).map_err(|e| sys_err("persist tap", e)),
+                    _ => Ok(()),
+                });
+        let id = info.id.clone();
         let port = Port {
             info: info.clone(),
             idx,
-            netns: ns,
+            netns: netconf::netns_path(&info.netns),
             counters,
             kernel_drops: Default::default(),
             dev: Some(dev),
+            router,
+            routes,
         };
+        self.ports.insert(id.clone(), port);
+        self.gone.remove(&id);
         if let Err(e) = installed {
-            self.ports.insert(id.clone(), port);
             let _ = self.port_del(&id);
-            return Err(sys_err("install port", e));
+            return Err(e);
         }
         if let Some(w) = self.workers.get(owner) {
             let _ = w.call(Command::Announce { idx });
         }
-        tracing::info!(port = %id, network = %r.network, %attach, %mac, ips = ?r.ips, "port added");
-        self.ports.insert(id, port);
         Ok(info)
     }
 
@@ -310,6 +388,10 @@ impl Daemon {
     }
 
     pub(super) fn port_del(&mut self, id: &str) -> Result<(), ApiError> {
+        if self.gone.remove(id).is_some() && !self.ports.contains_key(id) {
+            tracing::info!(port = %id, "gone port forgotten");
+            return self.persist_ports();
+        }
         let mut p = self
             .ports
             .remove(id)
@@ -317,6 +399,12 @@ impl Daemon {
         let idx = p.idx;
         // Workers first (they drop their references), then the device.
         let res = self.broadcast(|| Command::RemovePort { idx });
+        if let Some(PortDev::Tap(t)) = &p.dev {
+            // Closing the last descriptor of a non-persistent tap removes it wherever it is.
+            if let Err(e) = t.set_persist(false) {
+                tracing::warn!(port = %id, "tap: {e}");
+            }
+        }
         drop(p.dev.take());
         match p.info.attach {
             vswitch_config::AttachKind::Tap => {}
@@ -327,6 +415,9 @@ impl Daemon {
         }
         self.free_ports.insert(idx);
         tracing::info!(port = %id, "port removed");
+        if let Err(e) = self.persist_ports() {
+            tracing::warn!(port = %id, "{e}");
+        }
         res
     }
 }

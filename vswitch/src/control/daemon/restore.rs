@@ -1,0 +1,207 @@
+//! Ports across daemon restarts. Every port is written to `ports.json` in the state dir (mode
+//! 0600, fsynced file and directory) before its ADD returns; pod interfaces outlive the daemon
+//! (persistent taps stay in the pod, veths are kernel objects anyway). At start the daemon
+//! reconciles that file with what exists: a port whose interface is alive is re-attached (a tap
+//! reopened by name inside the pod's namespace, an AF_PACKET socket opened again on the host
+//! veth end) with its MAC, addresses and routes as they were; a port whose namespace or
+//! interface is gone is not forwarded for, shown as `gone` in `port list` and logged, and its
+//! leftovers (a host veth end) are removed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use vswitch_api::{ApiError, PortInfo, PortState};
+use vswitch_config::{AttachKind, RouteSpec};
+
+use super::{sys_err, Daemon};
+use crate::control::store::write_atomic;
+use crate::control::{device, netconf};
+use crate::dataplane::port::PortDev;
+use crate::dataplane::worker::Command;
+
+pub(super) const PORTS_FILE: &str = "ports.json";
+
+/// What a port needs to be re-attached exactly as it was.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PortRecord {
+    info: PortInfo,
+    #[serde(default)]
+    router: bool,
+    #[serde(default)]
+    routes: Vec<RouteSpec>,
+    /// Tap offloads as opened (the network's `offloads`).
+    #[serde(default = "yes")]
+    offloads: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How long a tap may stay attached to the previous daemon after it died (its io_uring holds the
+/// tap's file until the kernel's deferred ring teardown has run).
+const TAP_BUSY_WAIT: Duration = Duration::from_secs(3);
+
+fn reopen_tap(ns: &Path, ifname: &str, offloads: bool) -> Result<PortDev, String> {
+    let deadline = Instant::now() + TAP_BUSY_WAIT;
+    loop {
+        match device::reopen_tap(ns, ifname, offloads) {
+            Ok(Ok(d)) => return Ok(d),
+            Ok(Err(e)) if e.is_busy() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(Err(e)) => return Err(format!("tap: {e}")),
+            Err(e) => return Err(format!("enter netns: {e}")),
+        }
+    }
+}
+
+fn write_records(path: &Path, records: &[PortRecord]) -> Result<(), ApiError> {
+    let text = serde_json::to_vec_pretty(records).map_err(|e| sys_err("encode ports", e))?;
+    write_atomic(path, &text).map_err(|e| sys_err(&format!("write {}", path.display()), e))
+}
+
+impl Daemon {
+    /// Writes every live port (and the gone ones still shown) to the state dir, durably.
+    pub(super) fn persist_ports(&self) -> Result<(), ApiError> {
+        write_records(&self.cfg.state_dir.join(PORTS_FILE), &self.records())
+    }
+
+    /// Like [`Daemon::persist_ports`] with one more port (being added), on a thread of its own
+    /// so the fsyncs overlap with plumbing; join it before the ADD returns.
+    pub(super) fn spawn_persist(
+        &self,
+        info: &PortInfo,
+        router: bool,
+        routes: &[RouteSpec],
+        offloads: bool,
+    ) -> std::thread::JoinHandle<Result<(), ApiError>> {
+        let mut records = self.records();
+        records.push(PortRecord {
+            info: info.clone(),
+            router,
+            routes: routes.to_vec(),
+            offloads,
+        });
+        let path = self.cfg.state_dir.join(PORTS_FILE);
+        std::thread::spawn(move || write_records(&path, &records))
+    }
+
+    fn records(&self) -> Vec<PortRecord> {
+        self.ports
+            .values()
+            .map(|p| PortRecord {
+                info: PortInfo {
+                    state: PortState::Up,
+                    ..p.info.clone()
+                },
+                router: p.router,
+                routes: p.routes.clone(),
+                offloads: self
+                    .networks
+                    .get(&p.info.network)
+                    .is_none_or(|n| n.conf.offloads),
+            })
+            .chain(self.gone.values().map(|g| PortRecord {
+                info: g.clone(),
+                router: false,
+                routes: Vec::new(),
+                offloads: true,
+            }))
+            .collect()
+    }
+
+    /// Re-attaches the persisted ports whose interfaces are alive; records the others as gone.
+    pub(super) fn restore_ports(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let path = self.cfg.state_dir.join(PORTS_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let records: Vec<PortRecord> =
+            serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))?;
+        let (mut restored, mut gone) = (0, 0);
+        for rec in records {
+            let id = rec.info.id.clone();
+            if rec.info.state == PortState::Gone {
+                self.gone.insert(id, rec.info);
+                gone += 1;
+                continue;
+            }
+            let mut info = rec.info.clone();
+            match self.reattach(rec) {
+                Ok(_) => {
+                    tracing::info!(port = %id, network = %info.network, attach = %info.attach,
+                        netns = %info.netns, "port restored: interface alive, re-attached");
+                    restored += 1;
+                }
+                Err(why) => {
+                    tracing::warn!(port = %id, network = %info.network, netns = %info.netns,
+                        "port gone: {why}; not forwarded for, addresses kept until DEL");
+                    info.state = PortState::Gone;
+                    self.gone.insert(id, info);
+                    gone += 1;
+                }
+            }
+        }
+        self.persist_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Each port announced itself as it came back, before the ports after it existed: once
+        // more now, so every pod (whose neighbour entries a tap's carrier loss flushed) learns
+        // every local neighbour at once instead of at its next ARP retransmit.
+        for p in self.ports.values() {
+            if let Some(w) = self.workers.get(p.info.worker) {
+                let _ = w.call(Command::Announce { idx: p.idx });
+            }
+        }
+        if restored + gone > 0 {
+            tracing::info!(
+                restored,
+                gone,
+                "ports reconciled with the interfaces that exist"
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens a persisted port's device again and installs it; on failure, why it is gone.
+    fn reattach(&mut self, rec: PortRecord) -> Result<PortInfo, String> {
+        let info = rec.info;
+        if !self.networks.contains_key(&info.network) {
+            return Err(format!("network {:?} no longer exists", info.network));
+        }
+        let ns = netconf::netns_path(&info.netns);
+        if !ns.exists() {
+            if info.attach == AttachKind::AfPacket {
+                netconf::delete_link(&info.host_ifname);
+            }
+            return Err(format!("netns {} is gone", ns.display()));
+        }
+        let dev = match info.attach {
+            AttachKind::Tap => reopen_tap(&ns, &info.ifname, rec.offloads)?,
+            AttachKind::AfPacket => {
+                if !device::exists_in(&ns, &info.ifname) {
+                    netconf::delete_link(&info.host_ifname);
+                    return Err(format!("no {} in the pod", info.ifname));
+                }
+                device::open_packet(&info.host_ifname)
+                    .map_err(|e| format!("host end {}: {e}", info.host_ifname))?
+            }
+        };
+        let info = PortInfo {
+            state: PortState::Restored,
+            ..info
+        };
+        let id = info.id.clone();
+        let routes = rec.routes.clone();
+        let out = self
+            .install_port(info, dev, rec.router, rec.routes)
+            .map_err(|e| e.to_string())?;
+        if out.container_id.is_some() {
+            self.port_routes.insert(id, routes);
+        }
+        Ok(out)
+    }
+}
