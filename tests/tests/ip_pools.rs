@@ -184,7 +184,8 @@ fn ctl_fails(d: &Daemon, args: &[&str]) -> String {
 }
 
 /// The pool scenarios on `d0` (label rack=0) and, with a second node, `d1` (rack=1).
-fn scenarios(lab: &mut Lab, d0: &Daemon, d1: Option<&Daemon>) {
+/// Returns the address of pod a0 (still attached on d0).
+fn scenarios(lab: &mut Lab, d0: &Daemon, d1: Option<&Daemon>) -> String {
     let diag = |d: &Daemon| vswitch_lab::tail(&d.log_text(), 30);
     let file = lab.dir.join("pools.yaml");
     std::fs::write(&file, POOLS).unwrap();
@@ -376,6 +377,7 @@ fn scenarios(lab: &mut Lab, d0: &Daemon, d1: Option<&Daemon>) {
     let chk = d0.ctl_json(&["ipam", "check"]).unwrap();
     assert_eq!(chk["leaked"].as_array().map(Vec::len), Some(0), "{chk}");
     assert_eq!(chk["problems"].as_array().map(Vec::len), Some(0), "{chk}");
+    a0.ip()
 }
 
 #[test]
@@ -409,7 +411,7 @@ fn pools_on_etcd_two_racks() {
         )
         .unwrap();
     let d1 = lab.daemon(&n1.ns, &node_cfg(&n1, "", Some(&etcd))).unwrap();
-    scenarios(&mut lab, &d0, Some(&d1));
+    let _ = scenarios(&mut lab, &d0, Some(&d1));
 }
 
 #[test]
@@ -424,7 +426,7 @@ fn pools_on_the_embedded_store() {
     let d0 = lab
         .daemon(&n0.ns, &node_cfg(&n0, "labels = { rack = \"0\" }\n", None))
         .unwrap();
-    scenarios(&mut lab, &d0, None);
+    let a0_ip = scenarios(&mut lab, &d0, None);
     // The embedded store is durable: a restarted daemon still has the pools and allocations.
     let before = d0.ctl_json(&["ipam", "show"]).unwrap();
     lab.stop(d0.pid());
@@ -433,6 +435,18 @@ fn pools_on_the_embedded_store() {
         .unwrap();
     let after = d0.ctl_json(&["ipam", "show"]).unwrap();
     assert_eq!(before["pools"], after["pools"]);
+    // CNI GC keeps the valid attachment's address and releases every other one of the network.
+    let mut gc = conf(&d0, json!({}));
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a0", "ifname": "eth0"}]);
+    let o = plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc);
+    assert!(o.ok, "GC: {} {}", o.out, o.stderr);
+    let chk = d0.ctl_json(&["ipam", "check"]).unwrap();
+    assert_eq!(chk["addresses"], 1, "only a0's address is left: {chk}");
+    let a0 = d0
+        .ctl(&["ipam", "show", "--ip", &a0_ip])
+        .unwrap_or_default();
+    assert!(a0.contains("pods/a0/eth0"), "{a0}");
 }
 
 #[test]
