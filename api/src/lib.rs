@@ -13,11 +13,13 @@
 #![deny(unsafe_code)]
 
 mod client;
+pub mod pools;
 pub mod stats;
 pub mod trace;
 mod types;
 
 pub use client::{call, Client, ClientError};
+pub use pools::*;
 pub use stats::*;
 pub use trace::{Inject, InjectReply, Trace, TraceStarted};
 pub use types::*;
@@ -83,6 +85,16 @@ requests! {
     Trace => TraceStarted;
     /// Runs packets through the live tables without sending them (synthetic trace).
     Inject => InjectReply;
+    // IP pools (Calico-style IPAM; see `pools`).
+    /// `apply -f`: IPPool / IPAMConfig objects.
+    PoolApply => PoolApplyReply;
+    PoolGet => PoolGetReply;
+    PoolDelete => PoolDeleteReply;
+    NodeLabel => NodeLabelsReply;
+    NamespaceAnnotate => Done;
+    PoolIpamShow => PoolIpamShowReply;
+    PoolIpamCheck => PoolIpamCheckReply;
+    PoolIpamRelease => PoolIpamReleaseReply;
 }
 
 /// What kind of failure a request met; stable strings for scripts and the CNI plugin.
@@ -100,6 +112,8 @@ pub enum ErrorKind {
     /// No free address left in the IPAM ranges.
     AddressExhausted,
     NetnsNotFound,
+    /// An IP pool still has addresses in use.
+    PoolInUse,
     /// The daemon is shutting down or too busy to take the request; retry.
     Unavailable,
     System,

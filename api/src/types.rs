@@ -87,6 +87,8 @@ pub enum CniIpam {
         #[serde(default)]
         requested: Vec<Ipv4Addr>,
     },
+    /// vswitchd assigns from Calico-style IP pools (`ipam.type = "vswitch-pools"`).
+    Pools { request: crate::pools::PoolRequest },
     /// A delegated IPAM plugin already decided.
     Fixed {
         addrs: Vec<CniAddr>,

@@ -8,6 +8,7 @@
 
 mod delegate;
 mod env;
+mod pools;
 mod result;
 
 use std::collections::HashSet;
@@ -126,8 +127,12 @@ impl Plugin {
         }
     }
 
+    /// vswitchd does IPAM itself: host-local style (`vswitch`) or IP pools (`vswitch-pools`).
     fn builtin_ipam(&self) -> bool {
-        self.conf.ipam_type() == Some(BUILTIN_IPAM)
+        matches!(
+            self.conf.ipam_type(),
+            Some(BUILTIN_IPAM | pools::POOLS_IPAM)
+        )
     }
 
     /// Static IPs from every source, most specific first: runtimeConfig (capability `ips`, as
@@ -206,7 +211,15 @@ impl Plugin {
             .require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])?;
         let mac = self.requested_mac()?;
         let requested = self.requested_ips()?;
-        let (ipam, delegated) = if self.builtin_ipam() {
+        let (ipam, delegated) = if self.conf.ipam_type() == Some(pools::POOLS_IPAM) {
+            let raw: Value = serde_json::from_slice(&self.raw).unwrap_or_default();
+            let mut request = pools::request(&raw, &self.env)?;
+            if request.ip_addrs.is_empty() {
+                // The `ips` capability / IP= work as with the built-in IPAM.
+                request.ip_addrs = requested;
+            }
+            (CniIpam::Pools { request }, false)
+        } else if self.builtin_ipam() {
             let ic = IpamConf::from_value(self.conf.ipam.clone().unwrap_or_default())
                 .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
             let mut plan = ic

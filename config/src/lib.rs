@@ -7,7 +7,9 @@
 #![deny(unsafe_code)]
 
 pub mod cni;
+pub mod ippool;
 mod mac;
+pub mod selector;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -473,6 +475,10 @@ pub struct NodeConfig {
     pub underlay_subnet: Option<Ipv4Net>,
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
+    /// Node labels IP pools' `nodeSelector` is matched against (`vswitchctl node label` adds
+    /// to them in the datastore).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_vxlan_port() -> u16 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use vswitch::control::pools::cli as pools;
 use vswitch_api::{
     Call, ClientError, FdbShow, IpamShow, NetworkAdd, NetworkDel, NetworkList, PeerList, Ping,
     PortAdd, PortDel, PortList, Stats,
@@ -62,18 +63,46 @@ enum Cmd {
     Trace(vswitch::observe::cli::TraceArgs),
     /// Write matching packets to a pcapng file, each with its verdict as the packet comment.
     Capture(vswitch::observe::cli::CaptureArgs),
-    /// Built-in IPAM allocations.
+    /// IPAM: IP pool usage (calicoctl style), leaks; or a network's built-in IPAM allocations.
     #[command(subcommand)]
     Ipam(IpamCmd),
+    /// Create or update IPPool / IPAMConfig objects from Calico YAML (several documents per file).
+    Apply(pools::ApplyArgs),
+    /// Show IP pools: `get ippool [NAME] [-o wide|yaml|json]`, or `get ipamconfig`.
+    Get(pools::GetArgs),
+    /// Delete an IP pool: `delete ippool NAME [--force]` (refused while addresses are in use).
+    Delete(pools::DeleteArgs),
+    /// Namespace annotations used by IP pool choice.
+    #[command(subcommand)]
+    Namespace(pools::NamespaceCmd),
+    /// Node labels used by IP pools' nodeSelector.
+    #[command(subcommand)]
+    Node(pools::NodeCmd),
     /// Peer nodes (static config or etcd) and what they serve.
     Peers,
 }
 
 #[derive(Subcommand, Debug)]
 enum IpamCmd {
-    /// Show the allocations of a network (CNI domain: `domain`, `bridge` or `name`, with
-    /// `.vlan<N>` for a VLAN), with the CNI network and Kubernetes pod holding each.
-    Show { network: String },
+    /// IP pool usage (per pool, with --show-blocks per block and its affinity), who holds
+    /// --ip; with a NETWORK (CNI domain: `domain`, `bridge` or `name`, with `.vlan<N>` for a
+    /// VLAN), that network's built-in IPAM allocations, with the CNI network and pod holding each.
+    Show {
+        network: Option<String>,
+        #[arg(long)]
+        show_blocks: bool,
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    /// Report pool addresses allocated without a live attachment, and store inconsistencies.
+    Check,
+    /// Release pool addresses: --ip (repeatable), or every leaked one (--leaked).
+    Release {
+        #[arg(long)]
+        ip: Vec<Ipv4Addr>,
+        #[arg(long)]
+        leaked: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -382,7 +411,24 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
                     .collect(),
             );
         }
-        Cmd::Ipam(IpamCmd::Show { network }) => {
+        Cmd::Ipam(IpamCmd::Show {
+            network: None,
+            show_blocks,
+            ip,
+        }) => pools::ipam_show(&cli.socket, cli.json, *show_blocks, *ip)?,
+        Cmd::Ipam(IpamCmd::Check) => pools::ipam_check(&cli.socket, cli.json)?,
+        Cmd::Ipam(IpamCmd::Release { ip, leaked }) => {
+            pools::ipam_release(&cli.socket, cli.json, ip, *leaked)?
+        }
+        Cmd::Apply(a) => pools::apply(&cli.socket, cli.json, a)?,
+        Cmd::Get(a) => pools::get(&cli.socket, cli.json, a)?,
+        Cmd::Delete(a) => pools::delete(&cli.socket, cli.json, a)?,
+        Cmd::Namespace(c) => pools::namespace(&cli.socket, cli.json, c)?,
+        Cmd::Node(c) => pools::node(&cli.socket, cli.json, c)?,
+        Cmd::Ipam(IpamCmd::Show {
+            network: Some(network),
+            ..
+        }) => {
             let rows = call(
                 cli,
                 IpamShow {

@@ -7,5 +7,6 @@ pub mod device;
 pub mod ipam;
 pub mod netconf;
 pub mod netlink;
+pub mod pools;
 pub mod server;
 pub mod store;

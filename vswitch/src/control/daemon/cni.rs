@@ -103,13 +103,18 @@ impl Daemon {
                     .collect();
                 (addrs, routes, !had)
             }
+            CniIpam::Pools { request } => self.pool_cni_assign(&r, request)?,
             CniIpam::Fixed { addrs, routes } => (addrs.clone(), routes.clone(), false),
         };
         let undo_alloc = |me: &mut Self| {
             if fresh_alloc {
-                let _ = me
-                    .ipam
-                    .release(&r.domain, &r.network, &r.container_id, &r.ifname);
+                if let CniIpam::Pools { .. } = r.ipam {
+                    let _ = me.pool_cni_release(&r.domain, &r.container_id, &r.ifname);
+                } else {
+                    let _ = me
+                        .ipam
+                        .release(&r.domain, &r.network, &r.container_id, &r.ifname);
+                }
             }
         };
         let Some(first) = addrs.first().copied() else {
@@ -223,6 +228,10 @@ impl Daemon {
             {
                 first_err.get_or_insert(ipam_err(e));
             }
+            // Pool IPAM (`vswitch-pools`) is built in too; a no-op without a pool address.
+            if let Err(e) = self.pool_cni_release(&a.domain, &a.container_id, &a.ifname) {
+                first_err.get_or_insert(e);
+            }
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -310,7 +319,9 @@ impl Daemon {
             }
         }
         // Allocations recorded without a network name are candidates for any network's GC:
-        // keep those a port (live, or gone but not yet deleted) still holds.
+        // keep those a port (live, or gone but not yet deleted) still holds. Pool handles are
+        // keyed by domain only, so the same widened set protects the other networks of a
+        // shared bridge from this network's GC.
         keep.extend(
             self.ports
                 .values()
@@ -319,7 +330,18 @@ impl Daemon {
                 .filter(|i| i.network == r.domain)
                 .filter_map(|i| Some((i.container_id.clone()?, i.ifname.clone()))),
         );
-        reply.released = self
+        let keep_list: Vec<(String, String)> = keep.iter().cloned().collect();
+        for h in self.pool_cni_gc(&r.domain, &keep_list) {
+            // Handle `<domain>/<container>/<ifname>`, reported like the built-in IPAM's.
+            let mut parts = h.splitn(3, '/').skip(1);
+            if let (Some(c), Some(i)) = (parts.next(), parts.next()) {
+                reply.released.push(CniAttachmentId {
+                    container_id: c.to_string(),
+                    ifname: i.to_string(),
+                });
+            }
+        }
+        let builtin_released = self
             .ipam
             .gc(&r.domain, &r.network, &keep)
             .map_err(ipam_err)?
@@ -327,8 +349,8 @@ impl Daemon {
             .map(|(container_id, ifname)| CniAttachmentId {
                 container_id,
                 ifname,
-            })
-            .collect();
+            });
+        reply.released.extend(builtin_released);
         Ok(reply)
     }
 }

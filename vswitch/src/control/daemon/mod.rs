@@ -29,6 +29,7 @@ mod cni;
 mod networks;
 mod observe;
 mod peers;
+mod pools;
 mod ports;
 mod restore;
 mod views;
@@ -72,6 +73,8 @@ pub struct Daemon {
     next_port: PortIdx,
     link_counter: u32,
     ipam: Ipam,
+    /// IP pool IPAM (Calico style; etcd in cluster mode, else embedded).
+    pools: Option<super::pools::PoolIpam>,
     /// Routes installed for CNI attachments (returned again on a retried ADD).
     port_routes: BTreeMap<String, Vec<RouteSpec>>,
     /// MTU of the underlay interface (pod MTU defaults derive from it).
@@ -157,6 +160,7 @@ impl Daemon {
             next_port: 0,
             link_counter: 0,
             ipam: Ipam::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+            pools: None,
             port_routes: BTreeMap::new(),
             underlay_mtu: None,
             uplink: None,
@@ -169,6 +173,7 @@ impl Daemon {
             started: std::time::SystemTime::now(),
         };
         d.start_uplink()?;
+        d.pools = Some(super::pools::PoolIpam::open(&cfg, d.node_name())?);
         for p in &cfg.peers {
             let spec = PeerSpec {
                 name: p.name.clone(),
@@ -190,6 +195,8 @@ impl Daemon {
             d.install_network(n, true)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        // Pool blocks this node already holds (a restart): blackholed like static blocks.
+        d.pool_routes_changed(Some(Vec::new()));
         // Networks and peers first, so every restored port lands in complete tables.
         d.restore_ports()?;
         Ok(d)
@@ -263,6 +270,14 @@ impl Daemon {
             Request::CniCheck(r) => answer(r, |r| self.cni_check(&r.0)),
             Request::CniGc(r) => answer(r, |r| self.cni_gc(&r)),
             Request::PeerList(r) => answer(r, |_| Ok(self.peer_list())),
+            r @ (Request::PoolApply(_)
+            | Request::PoolGet(_)
+            | Request::PoolDelete(_)
+            | Request::NodeLabel(_)
+            | Request::NamespaceAnnotate(_)
+            | Request::PoolIpamShow(_)
+            | Request::PoolIpamCheck(_)
+            | Request::PoolIpamRelease(_)) => self.handle_pools(r),
             Request::IpamShow(r) => answer(r, |r| Ok(self.ipam.allocations(&r.domain))),
         }
     }

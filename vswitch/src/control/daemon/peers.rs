@@ -248,8 +248,14 @@ impl Daemon {
             blocks: self
                 .networks
                 .values()
-                .filter(|n| n.conf.kind == NetworkKind::L3 && !n.conf.blocks.is_empty())
-                .map(|n| (n.conf.name.clone(), n.conf.blocks.clone()))
+                .filter(|n| n.conf.kind == NetworkKind::L3)
+                .map(|n| {
+                    // Static blocks plus this node's pool blocks and borrowed addresses.
+                    let mut b = n.conf.blocks.clone();
+                    b.extend(self.pool_routes_for(n.conf.subnet));
+                    (n.conf.name.clone(), b)
+                })
+                .filter(|(_, b)| !b.is_empty())
                 .collect(),
         });
         let eps = self

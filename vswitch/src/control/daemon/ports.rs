@@ -98,6 +98,8 @@ impl Daemon {
             if net.conf.kind == NetworkKind::L3
                 && !blocks.is_empty()
                 && !blocks.iter().any(|b| b.contains(ip))
+                // An address from this node's IP pool blocks (or borrowed) is fine too.
+                && !self.pool_routes_for(net.conf.subnet).iter().any(|b| b.contains(ip))
             {
                 return Err(err(
                     ErrorKind::AddressConflict,
