@@ -232,7 +232,15 @@ fn scenario(test: &str, how: Stop) {
                 d1.log_tail(30)
             ),
             None => panic!(
-                "{test}: {name} never resumed after the restart\n{}",
+                "{test}: {name} never resumed after the restart; ping log tail:\n{}\n{}",
+                pings
+                    .iter()
+                    .find(|p| p.0 == *name)
+                    .map(|p| vswitch_lab::tail(
+                        &std::fs::read_to_string(&p.2).unwrap_or_default(),
+                        8
+                    ))
+                    .unwrap_or_default(),
                 topo::logs(&[&d1, &d2])
             ),
         }
