@@ -65,6 +65,9 @@ fn write_records(path: &Path, records: &[PortRecord]) -> Result<(), ApiError> {
 impl Daemon {
     /// Writes every live port (and the gone ones still shown) to the state dir, durably.
     pub(super) fn persist_ports(&self) -> Result<(), ApiError> {
+        if self.restoring {
+            return Ok(());
+        }
         write_records(&self.cfg.state_dir.join(PORTS_FILE), &self.records())
     }
 
@@ -124,6 +127,7 @@ impl Daemon {
         let records: Vec<PortRecord> =
             serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))?;
         let (mut restored, mut gone) = (0, 0);
+        self.restoring = true;
         for rec in records {
             let id = rec.info.id.clone();
             if rec.info.state == PortState::Gone {
@@ -147,6 +151,7 @@ impl Daemon {
                 }
             }
         }
+        self.restoring = false;
         self.persist_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Each port announced itself as it came back, before the ports after it existed: once
         // more now, so every pod (whose neighbour entries a tap's carrier loss flushed) learns
