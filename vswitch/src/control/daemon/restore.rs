@@ -210,3 +210,35 @@ impl Daemon {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record with only the port's info (as a minimal or older writer leaves it) reads back
+    /// with the defaults a re-attach needs: not a router, no routes, offloads on, state `up`.
+    #[test]
+    fn minimal_record_gets_defaults() {
+        let text = r#"[{"info": {"id": "c1/eth0", "network": "net", "netns": "/run/netns/p",
+            "ifname": "eth0", "host_ifname": "eth0", "attach": "tap",
+            "mac": "02:00:00:00:00:01", "ips": ["10.0.0.2"], "mtu": 1500, "worker": 0}}]"#;
+        let recs: Vec<PortRecord> = serde_json::from_str(text).unwrap();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert!(!r.router && r.routes.is_empty() && r.offloads);
+        assert_eq!(r.info.state, PortState::Up);
+        assert_eq!(r.info.container_id, None);
+    }
+
+    #[test]
+    fn gone_state_round_trips() {
+        let text = r#"{"info": {"id": "x", "network": "net", "netns": "p", "ifname": "eth1",
+            "host_ifname": "vsh1", "attach": "af_packet", "state": "gone",
+            "mac": "02:00:00:00:00:02", "ips": [], "mtu": 1400, "worker": 1}}"#;
+        let r: PortRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(r.info.state, PortState::Gone);
+        let back: PortRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.info, r.info);
+        assert_eq!(PortState::Restored.to_string(), "restored");
+    }
+}
