@@ -232,7 +232,15 @@ fn scenario(test: &str, how: Stop) {
                 d1.log_tail(30)
             ),
             None => panic!(
-                "{test}: {name} never resumed after the restart\n{}",
+                "{test}: {name} never resumed after the restart; ping log tail:\n{}\n{}",
+                pings
+                    .iter()
+                    .find(|p| p.0 == *name)
+                    .map(|p| vswitch_lab::tail(
+                        &std::fs::read_to_string(&p.2).unwrap_or_default(),
+                        8
+                    ))
+                    .unwrap_or_default(),
                 topo::logs(&[&d1, &d2])
             ),
         }
@@ -354,4 +362,74 @@ fn pod_gone_while_down_is_reported() {
     );
     d.ctl(&["port", "del", "lost"]).unwrap();
     assert_eq!(d.ports().unwrap().len(), 1);
+}
+
+/// Through podman (CNI backend): containers started before a `kill -9` of vswitchd keep their
+/// network after the restart, and `podman rm` afterwards removes their ports (CNI DEL).
+#[test]
+fn podman_containers_survive_a_daemon_kill() {
+    use vswitch_lab::runtimes::{conflist, require_tools, vswitch_plugin, Podman};
+    let test = "podman_containers_survive_a_daemon_kill";
+    if !require_root(test) || !require_tools(test, &["podman", "conmon", "runc", "tar"]) {
+        return;
+    }
+    let _serial = topo::serial();
+    let mut lab = Lab::new().unwrap();
+    let node = lab.netns("node").unwrap();
+    let d = lab.daemon(&node, "").unwrap();
+    // Declared after the lab: dropped first, while a daemon still answers the DELs.
+    let mut podman = Podman::new(&lab).unwrap();
+    let fail = |what: &str, e: &dyn std::fmt::Display, d: &Daemon| -> ! {
+        panic!("{test}: {what}: {e:#}\n{}", d.log_tail(40))
+    };
+    let network = lab.name("rs");
+    let ipam = json!({"type": "vswitch", "subnet": "192.168.9.0/24",
+                      "rangeStart": "192.168.9.100", "rangeEnd": "192.168.9.200"});
+    podman
+        .add_network(&conflist(
+            &network,
+            vswitch_plugin(&d.socket, &lab.name("br-rs"), ipam, json!({})),
+        ))
+        .unwrap_or_else(|e| fail("add network", &e, &d));
+    let (a, b) = (lab.name("ra"), lab.name("rb"));
+    for c in [&a, &b] {
+        podman
+            .run_container(c, &["--network", &network])
+            .unwrap_or_else(|e| fail("podman run", &e, &d));
+    }
+    let b_ip = podman.ipv4(&b, "eth0").unwrap();
+    let (ok, out) = podman.ping_until(&a, &b_ip, None, Duration::from_secs(5));
+    assert!(
+        ok,
+        "{test}: ping before the kill: {out}\n{}",
+        d.log_tail(30)
+    );
+
+    lab.kill(d.pid());
+    let d = lab.daemon(&node, "").unwrap();
+    let t0 = Instant::now();
+    let (ok, out) = podman.ping_until(&a, &b_ip, None, Duration::from_secs(5));
+    assert!(
+        ok,
+        "{test}: ping after the restart: {out}\n{}",
+        d.log_tail(30)
+    );
+    println!(
+        "{test}: first answered ping {:.0} ms after ready",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let ports = d.ports().unwrap();
+    assert_eq!(ports.len(), 2, "{test}: {ports:?}");
+    assert!(ports.iter().all(|p| p["state"] == "restored"), "{ports:?}");
+
+    podman
+        .remove_all()
+        .unwrap_or_else(|e| fail("podman rm", &e, &d));
+    let left = d.ports().unwrap();
+    assert!(
+        left.is_empty(),
+        "{test}: ports left after podman rm: {left:?}"
+    );
+    let allocs = d.ctl_json(&["ipam", "show", &lab.name("br-rs")]).unwrap();
+    assert_eq!(allocs, json!([]), "{test}: addresses left after podman rm");
 }

@@ -65,6 +65,19 @@ pub fn reopen_tap(
         while !Tap::is_running(&name).unwrap_or(true) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Entries the pod tried to resolve while the link was down wait for their retransmit
+        // timer (1 s) before asking again: removed, they are asked for on the next packet.
+        let flushed = crate::control::netlink::Netlink::open().and_then(|mut nl| {
+            match nl.link_index(&name)? {
+                Some(i) => nl.flush_unresolved_neighbours(i),
+                None => Ok(0),
+            }
+        });
+        match flushed {
+            Ok(n) if n > 0 => tracing::debug!(ifname = %name, n, "unresolved neighbours flushed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(ifname = %name, "{e}"),
+        }
         Ok(PortDev::Tap(Arc::new(tap)))
     })
 }

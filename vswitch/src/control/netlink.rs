@@ -19,6 +19,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -361,5 +362,49 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Deletes the unresolved (incomplete or failed) neighbour entries on link `index`, so the
+    /// next packet towards one of them resolves it at once instead of at its retransmit timer.
+    /// Returns how many were removed.
+    pub fn flush_unresolved_neighbours(&mut self, index: u32) -> Result<usize> {
+        let r = self.request(
+            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+            NLM_F_DUMP,
+            "list neighbours",
+        )?;
+        let mut n = 0;
+        for m in r {
+            let RouteNetlinkMessage::NewNeighbour(nb) = m else {
+                continue;
+            };
+            if nb.header.ifindex != index
+                || !matches!(
+                    nb.header.state,
+                    NeighbourState::Incomplete | NeighbourState::Failed
+                )
+            {
+                continue;
+            }
+            let mut del = NeighbourMessage::default();
+            del.header = nb.header.clone();
+            del.attributes = nb
+                .attributes
+                .into_iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        netlink_packet_route::neighbour::NeighbourAttribute::Destination(_)
+                    )
+                })
+                .collect();
+            self.request(
+                RouteNetlinkMessage::DelNeighbour(del),
+                NLM_F_ACK,
+                "delete unresolved neighbour",
+            )?;
+            n += 1;
+        }
+        Ok(n)
     }
 }

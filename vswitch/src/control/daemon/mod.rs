@@ -66,6 +66,9 @@ pub struct Daemon {
     ports: BTreeMap<String, Port>,
     /// Persisted ports whose interface was gone at start (shown by `port list` until removed).
     gone: BTreeMap<String, PortInfo>,
+    /// Set while `restore_ports` runs: `ports.json` is rewritten once at its end, never with a
+    /// partial list.
+    restoring: bool,
     workers: Vec<WorkerHandle>,
     free_domains: BTreeSet<DomainIdx>,
     next_domain: DomainIdx,
@@ -153,6 +156,7 @@ impl Daemon {
             networks: BTreeMap::new(),
             ports: BTreeMap::new(),
             gone: BTreeMap::new(),
+            restoring: false,
             workers,
             free_domains: BTreeSet::new(),
             next_domain: 0,

@@ -65,6 +65,9 @@ fn write_records(path: &Path, records: &[PortRecord]) -> Result<(), ApiError> {
 impl Daemon {
     /// Writes every live port (and the gone ones still shown) to the state dir, durably.
     pub(super) fn persist_ports(&self) -> Result<(), ApiError> {
+        if self.restoring {
+            return Ok(());
+        }
         write_records(&self.cfg.state_dir.join(PORTS_FILE), &self.records())
     }
 
@@ -124,6 +127,7 @@ impl Daemon {
         let records: Vec<PortRecord> =
             serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))?;
         let (mut restored, mut gone) = (0, 0);
+        self.restoring = true;
         for rec in records {
             let id = rec.info.id.clone();
             if rec.info.state == PortState::Gone {
@@ -147,6 +151,7 @@ impl Daemon {
                 }
             }
         }
+        self.restoring = false;
         self.persist_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Each port announced itself as it came back, before the ports after it existed: once
         // more now, so every pod (whose neighbour entries a tap's carrier loss flushed) learns
@@ -203,5 +208,37 @@ impl Daemon {
             self.port_routes.insert(id, routes);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record with only the port's info (as a minimal or older writer leaves it) reads back
+    /// with the defaults a re-attach needs: not a router, no routes, offloads on, state `up`.
+    #[test]
+    fn minimal_record_gets_defaults() {
+        let text = r#"[{"info": {"id": "c1/eth0", "network": "net", "netns": "/run/netns/p",
+            "ifname": "eth0", "host_ifname": "eth0", "attach": "tap",
+            "mac": "02:00:00:00:00:01", "ips": ["10.0.0.2"], "mtu": 1500, "worker": 0}}]"#;
+        let recs: Vec<PortRecord> = serde_json::from_str(text).unwrap();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert!(!r.router && r.routes.is_empty() && r.offloads);
+        assert_eq!(r.info.state, PortState::Up);
+        assert_eq!(r.info.container_id, None);
+    }
+
+    #[test]
+    fn gone_state_round_trips() {
+        let text = r#"{"info": {"id": "x", "network": "net", "netns": "p", "ifname": "eth1",
+            "host_ifname": "vsh1", "attach": "af_packet", "state": "gone",
+            "mac": "02:00:00:00:00:02", "ips": [], "mtu": 1400, "worker": 1}}"#;
+        let r: PortRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(r.info.state, PortState::Gone);
+        let back: PortRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.info, r.info);
+        assert_eq!(PortState::Restored.to_string(), "restored");
     }
 }
