@@ -169,6 +169,7 @@ fn add_netdev_bridge(o: &Ovs, labdir: &Path, br: &str) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 /// A tap port `name` created by OVS in its node namespace, then moved into the pod with
 /// `cidr`; OVS keeps the tap's file descriptor, so the port works from any namespace.
 fn tap_port(

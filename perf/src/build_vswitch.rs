@@ -132,7 +132,7 @@ fn network(o: Overlay) -> (&'static str, [&'static str; 2]) {
         ),
         Overlay::VxlanL3 => (
             "[[network]]\nname = \"net\"\nkind = \"l3\"\nsubnet = \"10.244.0.0/16\"\n\
-             blocks = [\"BLOCK\"]\nencapsulation = \"vxlan\"\nmode = \"always\"\n",
+             blocks = [\"BLOCK\"]\nencapsulation = \"vxlan\"\nvni = 600\nmode = \"always\"\n",
             ["10.244.1.10", "10.244.2.10"],
         ),
         Overlay::DirectL3 => (

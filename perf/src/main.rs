@@ -199,8 +199,8 @@ fn check_setup() -> Result<()> {
 fn run(a: &Args) -> Result<bool> {
     if let Some(src) = &a.from_json {
         let (records, runs, machine) = jsonout::read_json(src)?;
-        println!("from {} (machine: {machine})", src.display());
-        println!("{}", report::render(&records, runs));
+        out(&format!("from {} (machine: {machine})\n", src.display()));
+        out(&report::render(&records, runs));
         write_outputs(a, None, "", &records)?;
         return Ok(true);
     }
@@ -261,10 +261,19 @@ fn run(a: &Args) -> Result<bool> {
         }
     }
     eprintln!("measured in {:.0} s", t0.elapsed().as_secs_f64());
-    println!("{}", report::render(&records, s.runs));
+    out(&report::render(&records, s.runs));
     write_outputs(a, Some(&s), loadavg.trim(), &records)?;
     outcome?;
     Ok(records.iter().all(Record::ok))
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o
+        .write_all(text.as_bytes())
+        .and_then(|_| o.write_all(b"\n"));
 }
 
 /// Says on stderr right away when a system failed (the tables come at the end).

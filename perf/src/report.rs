@@ -108,6 +108,8 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
             m("tcp1_retr", "TCP1 retr", Neither, 0, false),
             m("bg_busy_cores", "idle load cores", Neither, 2, false),
             m("tcp1_busy_cores", "TCP1 busy cores", Neither, 2, false),
+            m("udp_busy_cores", "UDP busy cores", Neither, 2, false),
+            m("steal_cores", "steal cores", Neither, 2, false),
             m("loadavg1", "loadavg", Neither, 2, false),
         ],
     ),
@@ -229,39 +231,65 @@ pub fn render(records: &[Record], runs: usize) -> String {
             "\n== {scen}: {title}\n   (median over {runs} run(s); '-' = not measured)"
         );
         let w = syss.iter().map(|s| s.len()).max().unwrap_or(6).max(6);
-        let _ = write!(out, "{:<w$}", "system");
+        // Columns in chunks, so that a table fits a 120-column terminal.
+        let mut chunks: Vec<Vec<&MetricDef>> = vec![Vec::new()];
+        let mut width = w;
         for d in defs.iter() {
-            let _ = write!(out, " {:>width$}", d.label, width = d.label.len().max(6));
-        }
-        out.push('\n');
-        for s in &syss {
-            let _ = write!(out, "{s:<w$}");
-            for d in defs.iter() {
-                let v = median_of(records, scen, s, d.key);
-                let _ = write!(
-                    out,
-                    " {:>width$}",
-                    fmt(v, d.decimals),
-                    width = d.label.len().max(6)
-                );
+            let cw = d.label.len().max(6) + 1;
+            if width + cw > 120 && !chunks.last().is_some_and(|c| c.is_empty()) {
+                chunks.push(Vec::new());
+                width = w;
             }
-            let bad: Vec<&Record> = records
-                .iter()
-                .filter(|r| {
-                    r.scenario == *scen && &r.system == s && (!r.ok() || r.skipped.is_some())
-                })
-                .collect();
-            for r in bad {
-                match &r.skipped {
-                    Some(why) => {
-                        let _ = write!(out, "  [skipped: {why}]");
-                    }
-                    None => {
-                        let _ = write!(out, "  [run {} failed: {}]", r.run, first_line(&r.errors));
-                    }
-                }
+            width += cw;
+            if let Some(c) = chunks.last_mut() {
+                c.push(d);
+            }
+        }
+        for (ci, chunk) in chunks.iter().enumerate() {
+            out.push('\n');
+            let _ = write!(out, "{:<w$}", "system");
+            for d in chunk {
+                let _ = write!(out, " {:>width$}", d.label, width = d.label.len().max(6));
             }
             out.push('\n');
+            for s in &syss {
+                let _ = write!(out, "{s:<w$}");
+                for d in chunk {
+                    let v = median_of(records, scen, s, d.key);
+                    let _ = write!(
+                        out,
+                        " {:>width$}",
+                        fmt(v, d.decimals),
+                        width = d.label.len().max(6)
+                    );
+                }
+                if ci == 0 {
+                    let bad: Vec<&Record> = records
+                        .iter()
+                        .filter(|r| {
+                            r.scenario == *scen
+                                && &r.system == s
+                                && (!r.ok() || r.skipped.is_some())
+                        })
+                        .collect();
+                    for r in bad {
+                        match &r.skipped {
+                            Some(why) => {
+                                let _ = write!(out, "  [skipped: {why}]");
+                            }
+                            None => {
+                                let _ = write!(
+                                    out,
+                                    "  [run {} failed: {}]",
+                                    r.run,
+                                    first_line(&r.errors)
+                                );
+                            }
+                        }
+                    }
+                }
+                out.push('\n');
+            }
         }
         for d in defs.iter().filter(|d| d.headline) {
             let _ = writeln!(

@@ -88,6 +88,7 @@ pub fn traffic(spec: Spec, run: usize, s: &Settings, prog: &mut Progress) -> Res
                 r.cpu.machine_busy_cores.map(|c| c * r.cpu.wall_secs / mpkt),
             );
         }
+        rec.set("udp_busy_cores", r.cpu.machine_busy_cores);
         raw(&mut rec, "udp", &r);
     }
     rec.set(
@@ -140,6 +141,7 @@ pub fn wait_quiet(p: &Pair, rec: &mut Record, s: &Settings) -> Result<()> {
         let idle = cpu::delta(&s0, &cpu::snap(&p.switch_pids));
         let busy = idle.machine_busy_cores.unwrap_or(0.0);
         rec.set("bg_busy_cores", Some(busy));
+        rec.set("steal_cores", idle.steal_cores);
         if busy <= s.quiet_below {
             return Ok(());
         }

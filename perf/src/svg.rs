@@ -13,6 +13,14 @@ const BAR_W: f64 = 560.0;
 const BAR_H: f64 = 11.0;
 const WIDTH: f64 = LEFT + BAR_W + 90.0;
 
+/// The reference of one row: in the scale scenario each switch against its own 2-port case.
+fn row_reference(scenario: &str, system: &str, default: &str, syss: &[String]) -> String {
+    if scenario == "scale" && system.starts_with("br-") && syss.iter().any(|s| s == "br-2p") {
+        return "br-2p".into();
+    }
+    default.to_string()
+}
+
 /// The reference system of a scenario: the first of the preferred names present, else the first.
 pub fn reference(scenario: &str, syss: &[String]) -> Option<String> {
     let preferred: &[&str] = match scenario {
@@ -49,10 +57,18 @@ pub fn render(records: &[Record]) -> String {
         // Rows: (system, [(metric index, value)]).
         let mut rows = Vec::new();
         let mut max: f64 = 1.0;
-        for s in syss.iter().filter(|s| **s != refsys) {
+        let mut refs: Vec<String> = vec![refsys.clone()];
+        for s in syss.iter() {
+            let rs = row_reference(scen, s, &refsys, &syss);
+            if *s == rs {
+                continue;
+            }
+            if !refs.contains(&rs) {
+                refs.push(rs.clone());
+            }
             let mut vals = Vec::new();
             for (i, d) in defs.iter().enumerate() {
-                let r = ratio(records, scen, s, &refsys, d.key).map(|r| {
+                let r = ratio(records, scen, s, &rs, d.key).map(|r| {
                     if d.better == Better::Lower && r > 0.0 {
                         1.0 / r
                     } else {
@@ -64,7 +80,12 @@ pub fn render(records: &[Record]) -> String {
                 }
                 vals.push((i, r));
             }
-            rows.push((s.clone(), vals));
+            let label = if rs == refsys {
+                s.clone()
+            } else {
+                format!("{s} (vs {rs})")
+            };
+            rows.push((label, vals));
         }
         if rows.is_empty() {
             continue;
@@ -74,7 +95,7 @@ pub fn render(records: &[Record]) -> String {
             body,
             r#"<text x="10" y="{y}" font-size="14" font-weight="bold">{} — ratio vs {} (same run; longer is better)</text>"#,
             esc(scen),
-            esc(&refsys)
+            esc(&refs.join(" / "))
         );
         y += 8.0;
         // Legend.
