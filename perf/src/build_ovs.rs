@@ -14,7 +14,7 @@ use crate::build_kernel::{ip, offloads_off, pod_addr, two_nodes, veth, UNDERLAY}
 use crate::procs::{check_interrupt, in_netns, quick_ok, sleep_checked};
 use crate::systems::{Kind, Pair, Spec, CLIENT_IP, SERVER_IP};
 
-const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+pub const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 
 /// One OVS instance (database + vswitchd) inside a node namespace.
 pub struct Ovs {

@@ -84,6 +84,10 @@ struct Args {
     /// Write a bar chart of the ratios (SVG) to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Record a CPU profile of the switch processes (`perf record -g`) during each TCP 1-stream
+    /// test into DIR/<system>-run<k>.perf.data (read with `perf report -i FILE`).
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
     /// Measure nothing: re-render the tables (and --svg) from a file written by --json.
     #[arg(long)]
     from_json: Option<PathBuf>,
@@ -103,6 +107,7 @@ pub struct Settings {
     pub scenarios: Vec<String>,
     pub quick: bool,
     pub udp_payload_bytes: u32,
+    pub profile: Option<PathBuf>,
 }
 
 fn settings(a: &Args) -> Result<Settings> {
@@ -144,7 +149,14 @@ fn settings(a: &Args) -> Result<Settings> {
         scenarios: a.scenarios.clone(),
         quick: a.quick,
         udp_payload_bytes: measure::UDP_PAYLOAD,
+        profile: a.profile.clone(),
     };
+    if let Some(d) = &s.profile {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        if procs::require_tools(&["perf"]).is_err() {
+            bail!("--profile needs `perf` (Debian package linux-perf)");
+        }
+    }
     if a.quick {
         s.runs = 1;
         s.secs = 1.0;

@@ -57,9 +57,27 @@ pub fn traffic(spec: Spec, run: usize, s: &Settings, prog: &mut Progress) -> Res
     }
     for streams in [1u32, 4] {
         prog.step(&format!("tcp x{streams}"), spec.name, run, s.runs);
-        if let Some(r) = attempt(&mut rec, &format!("tcp {streams}"), || {
+        let profiler = match (&s.profile, streams) {
+            (Some(dir), 1) if !p.switch_pids.is_empty() => {
+                let file = dir.join(format!("{}-run{run}.perf.data", spec.name));
+                attempt(&mut rec, "perf record", || profile(&mut p, &file, s.secs))?
+                    .map(|pid| (pid, file))
+            }
+            _ => None,
+        };
+        let res = attempt(&mut rec, &format!("tcp {streams}"), || {
             measure::tcp(&mut p, s.secs, streams)
-        })? {
+        })?;
+        if let Some((pid, file)) = profiler {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while procs::alive(pid) && Instant::now() < deadline {
+                procs::sleep_checked(Duration::from_millis(50))?;
+            }
+            p.lab.stop(pid);
+            rec.notes
+                .push(format!("profile: perf report -i {}", file.display()));
+        }
+        if let Some(r) = res {
             rec.set(&format!("tcp{streams}_gbps"), Some(r.gbps));
             if streams == 1 {
                 let gb = r.bytes as f64 / 1e9;
@@ -98,6 +116,21 @@ pub fn traffic(spec: Spec, run: usize, s: &Settings, prog: &mut Progress) -> Res
     check_switches(&p, &mut rec);
     drop(p);
     Ok(rec)
+}
+
+/// Starts `perf record -g` on the switch processes for the next `secs` seconds.
+fn profile(p: &mut Pair, file: &std::path::Path, secs: f64) -> Result<u32> {
+    let pids: Vec<String> = p.switch_pids.iter().map(|x| x.to_string()).collect();
+    let log = std::fs::File::create(p.lab.dir.join("perf-record.log"))?;
+    let pid = p.lab.spawn(
+        std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-p", &pids.join(","), "-o"])
+            .arg(file)
+            .args(["--", "sleep", &format!("{secs}")])
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )?;
+    Ok(pid)
 }
 
 /// The switch processes must have survived the tests; vswitchd's drop counters go with them.

@@ -80,12 +80,20 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// The Debian package (and one of its binaries) this system needs, if any.
-    pub fn needs(&self) -> Option<(&'static str, &'static str)> {
+    /// The Debian package this system needs, with the files of it the harness uses.
+    pub fn needs(&self) -> Option<(&'static str, &'static [&'static str])> {
         match self.kind {
-            Kind::OvsTap | Kind::OvsAfPacket | Kind::OvsVxlan => {
-                Some(("openvswitch-switch", "/usr/sbin/ovs-vswitchd"))
-            }
+            Kind::OvsTap | Kind::OvsAfPacket | Kind::OvsVxlan => Some((
+                "openvswitch-switch",
+                &[
+                    "/usr/sbin/ovs-vswitchd",
+                    "/usr/sbin/ovsdb-server",
+                    "/usr/bin/ovs-vsctl",
+                    "/usr/bin/ovs-appctl",
+                    "/usr/bin/ovsdb-tool",
+                    crate::build_ovs::SCHEMA,
+                ],
+            )),
             _ => None,
         }
     }
@@ -175,15 +183,12 @@ pub fn parse_specs(names: &[String]) -> Result<Vec<Spec>> {
 
 /// Why a system cannot be measured on this machine (a missing package), if so.
 pub fn skip_reason(spec: &Spec) -> Option<String> {
-    let (pkg, file) = spec.needs()?;
-    if std::path::Path::new(file).exists() {
-        None
-    } else {
-        Some(format!(
-            "{} skipped: {file} not found (install the Debian package {pkg}: apt-get install {pkg})",
-            spec.name
-        ))
-    }
+    let (pkg, files) = spec.needs()?;
+    let file = files.iter().find(|f| !std::path::Path::new(f).exists())?;
+    Some(format!(
+        "{} skipped: {file} not found (install the Debian package {pkg}: apt-get install {pkg})",
+        spec.name
+    ))
 }
 
 /// A built system, ready for traffic. Dropping it removes everything.
