@@ -119,6 +119,7 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
         &[
             m("ports", "ports", Neither, 0, false),
             m("networks", "networks", Neither, 0, false),
+            m("rss_idle_mib", "RSS before MiB", Neither, 1, false),
             m("rss_mib", "sw RSS MiB", Lower, 1, true),
             m("port_add_ms", "port add ms", Lower, 2, false),
             m("setup_s", "setup s", Neither, 1, false),

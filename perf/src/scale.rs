@@ -255,7 +255,7 @@ pub fn measure(c: Case, run: usize, s: &Settings, prog: &mut Progress) -> Result
     }
     wait_quiet(&p, &mut rec, s)?;
     rec.set(
-        "rss_mib",
+        "rss_idle_mib",
         cpu::rss_kib(&p.switch_pids).map(|k| k as f64 / 1024.0),
     );
     prog.step("tcp x1", &name, run, s.runs);
@@ -270,6 +270,11 @@ pub fn measure(c: Case, run: usize, s: &Settings, prog: &mut Progress) -> Result
         Err(e) if e.is::<crate::procs::Interrupted>() => return Err(e),
         Err(e) => rec.errors.push(format!("udp: {e:#}")),
     }
+    // After the traffic, as in the traffic scenario: the buffer pool has grown to its working size.
+    rec.set(
+        "rss_mib",
+        cpu::rss_kib(&p.switch_pids).map(|k| k as f64 / 1024.0),
+    );
     for pid in &p.switch_pids {
         if !crate::procs::alive(*pid) {
             rec.errors
