@@ -284,3 +284,39 @@ pub fn measure(c: Case, run: usize, s: &Settings, prog: &mut Progress) -> Result
     drop(p);
     Ok(rec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_start_with_the_2_port_baseline_and_cover_every_network_count() {
+        let names: Vec<String> = cases(&[100, 1000]).iter().map(Case::name).collect();
+        assert_eq!(
+            names,
+            [
+                "vs-2p",
+                "vs-100p-1n",
+                "vs-100p-10n",
+                "vs-100p-100n",
+                "vs-1000p-1n",
+                "vs-1000p-10n",
+                "vs-1000p-100n",
+                "br-2p",
+                "br-100p",
+                "br-1000p"
+            ]
+        );
+        // Fewer ports than networks: those network counts are left out.
+        let small: Vec<String> = cases(&[5]).iter().map(Case::name).collect();
+        assert_eq!(small, ["vs-2p", "vs-5p-1n", "br-2p", "br-5p"]);
+    }
+
+    #[test]
+    fn networks_get_disjoint_22s() {
+        assert_eq!(net_ip(0, 10).to_string(), "10.0.0.10");
+        assert_eq!(net_ip(1, 0).to_string(), "10.0.4.0");
+        assert_eq!(net_ip(99, 1011).to_string(), "10.1.143.243");
+        assert!(vswitch_config(2).contains("subnet = \"10.0.4.0/22\""));
+    }
+}

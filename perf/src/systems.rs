@@ -271,3 +271,32 @@ pub fn build(spec: Spec) -> Result<Pair> {
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_specs_all_unknown_and_duplicates() {
+        assert_eq!(parse_specs(&["all".into()]).unwrap().len(), SPECS.len());
+        let v = parse_specs(&["vs-tap".into(), " bridge ".into(), "vs-tap".into()]).unwrap();
+        let names: Vec<&str> = v.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["vs-tap", "bridge"]);
+        let e = parse_specs(&["nope".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown system \"nope\"") && e.contains("ovs-tap"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in SPECS.iter().enumerate() {
+            assert!(
+                SPECS[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
+        }
+    }
+}
