@@ -98,6 +98,7 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
             m("tcp4_gbps", "TCP 4 Gbps", Higher, 2, true),
             m("udp_rx_kpps", "UDP64 rx kpps", Higher, 0, true),
             m("udp_sent_kpps", "UDP64 sent kpps", Neither, 0, false),
+            m("udp_lost_pct", "UDP64 lost %", Neither, 1, false),
             m("ping_p50_us", "ping p50 us", Lower, 0, true),
             m("ping_p99_us", "ping p99 us", Lower, 0, false),
             m("sw_cpu_s_per_gb", "sw CPU s/GB", Lower, 2, false),
@@ -320,6 +321,37 @@ pub fn render(records: &[Record], runs: usize) -> String {
                 }
                 out.push('\n');
             }
+        }
+    }
+    let drops: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let parts: Vec<String> = r
+                .raw
+                .iter()
+                .filter(|(k, v)| {
+                    k.ends_with("_drops") && v.as_object().is_some_and(|o| !o.is_empty())
+                })
+                .map(|(k, v)| format!("{} {v}", k.trim_end_matches("_drops")))
+                .collect();
+            (!parts.is_empty()).then(|| {
+                format!(
+                    "{}/{} run {}: {}",
+                    r.scenario,
+                    r.system,
+                    r.run,
+                    parts.join("; ")
+                )
+            })
+        })
+        .collect();
+    if !drops.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nvswitchd drop counters after the tests (non-zero only):"
+        );
+        for d in drops {
+            let _ = writeln!(out, "  {}", first_chars(&d, 400));
         }
     }
     let notes: Vec<String> = records

@@ -98,6 +98,10 @@ pub fn traffic(spec: Spec, run: usize, s: &Settings, prog: &mut Progress) -> Res
     if let Some(r) = attempt(&mut rec, "udp", || measure::udp(&mut p, s.secs))? {
         rec.set("udp_rx_kpps", Some(r.nic_rx_pps / 1e3));
         rec.set("udp_sent_kpps", Some(r.sent_pps / 1e3));
+        if r.sent_packets > 0 {
+            let lost = r.sent_packets.saturating_sub(r.nic_rx_packets) as f64;
+            rec.set("udp_lost_pct", Some(100.0 * lost / r.sent_packets as f64));
+        }
         let mpkt = r.nic_rx_packets as f64 / 1e6;
         if mpkt > 0.0 {
             rec.set("sw_cpu_s_per_mpkt", r.cpu.switch_cpu_secs.map(|c| c / mpkt));
