@@ -247,7 +247,8 @@ pub fn single(p: &mut Pair, spec: Spec) -> Result<()> {
 
 /// Two nodes, each an OVS instance: br-int (pod tap + VXLAN port, VNI 42) and br-phy (the
 /// underlay veth, the node's underlay address on br-phy's internal port), OVS's native
-/// userspace tunnelling. Userspace TSO stays off: OVS 3.1 cannot tunnel TSO packets.
+/// userspace tunnelling. Userspace TSO stays off: OVS 3.1 drops offloaded packets at the tunnel
+/// push ("Tunneling packets with HW offload flags is not supported").
 pub fn vxlan(p: &mut Pair, _spec: Spec) -> Result<()> {
     p.client_ns = p.lab.netns("a")?;
     p.server_ns = p.lab.netns("b")?;
