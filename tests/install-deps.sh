@@ -19,7 +19,8 @@ want tshark "decodes VXLAN/IPIP in the overlay tests' captures (our wire format 
 want iperf3 "TCP throughput through the switch (tests/tests/tcp.rs, overlay_tcp.rs, vswitch-perf)"
 want ethtool "reads pod interface offloads in the tests"
 want python3-scapy "crafts malformed and spoofed frames (tests/tests/malformed.rs, antispoof.rs)"
-want containernetworking-plugins "host-local and bridge: delegated IPAM and the bench's baseline"
+want containernetworking-plugins "host-local and bridge: delegated IPAM and vswitch-perf's CNI baseline"
+want openvswitch-switch "vswitch-perf's Open vSwitch userspace peers (ovsdb-server and ovs-vswitchd, started by the harness with its own database and run directory; a system OVS the package starts under systemd is never touched)"
 want etcd-server "etcd for cluster mode (tests/tests/overlay_cluster.rs; only the binary is used)"
 want prometheus "promtool checks the metrics endpoint's output (tests/tests/trace.rs; on a systemd machine the package also starts a Prometheus server on :9090, which the tests never use)"
 # Container runtimes for tests/tests/cni_runtimes.rs: podman 4 with its CNI backend (named

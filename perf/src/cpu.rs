@@ -70,21 +70,61 @@ pub struct Snap {
     machine: Option<(u64, u64, u64)>,
 }
 
-pub fn snap(switch_pid: Option<u32>) -> Snap {
+/// Snapshot of the machine and of the switch processes `pids` (summed; None when empty or one
+/// is gone).
+pub fn snap(pids: &[u32]) -> Snap {
+    let switch_ticks = if pids.is_empty() {
+        None
+    } else {
+        pids.iter().map(|p| process_ticks(*p)).sum()
+    };
     Snap {
         at: Instant::now(),
-        switch_ticks: switch_pid.and_then(process_ticks),
+        switch_ticks,
         machine: machine_ticks(),
     }
+}
+
+/// Resident set (KiB) of the processes `pids`, summed (None when empty or one is gone).
+pub fn rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            parse_status_kib(&s, "VmRSS:")
+        })
+        .sum()
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The 1-minute load average.
+pub fn loadavg1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// CPU used between two snapshots.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuUse {
     pub wall_secs: f64,
-    /// CPU seconds of vswitchd (None for kernel paths).
+    /// CPU seconds of the switch processes (None for kernel paths).
     pub switch_cpu_secs: Option<f64>,
-    /// vswitchd CPU seconds / wall seconds.
+    /// Switch CPU seconds / wall seconds.
     pub switch_cores: Option<f64>,
     /// Busy cores on the whole machine (out of `ncpu`), including the traffic generators.
     pub machine_busy_cores: Option<f64>,
@@ -127,6 +167,13 @@ mod tests {
     fn parses_process_stat_with_spaces_in_comm() {
         let s = "1234 (vs witch) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
         assert_eq!(parse_process_ticks(s), Some(325));
+    }
+
+    #[test]
+    fn parses_vmrss() {
+        let s = "Name:\tvswitchd\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_kib(s, "VmRSS:"), Some(12345));
+        assert_eq!(parse_status_kib(s, "VmHWM:"), None);
     }
 
     #[test]

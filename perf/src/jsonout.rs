@@ -1,13 +1,14 @@
-//! The `--json` file: machine, parameters, every raw number and the medians.
+//! The `--json` file (machine, parameters, every record with its raw numbers, medians and ratio
+//! matrices) and `--from-json`, which reads it back to re-render tables and the chart.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::report::{self, RunRecord};
-use crate::topology::{self, Spec};
-use crate::{cpu, measure, Args};
+use crate::report::{self, Record};
+use crate::{cpu, Settings};
 
 #[derive(Serialize)]
 struct Machine {
@@ -15,19 +16,14 @@ struct Machine {
     cpus: usize,
     cpu_model: String,
     iperf3: String,
+    ovs: String,
+    vswitch_bin_dir: String,
     loadavg_at_start: String,
 }
 
-fn machine() -> Machine {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu_model = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    let iperf3 = std::process::Command::new("iperf3")
-        .arg("--version")
+fn first_line(cmd: &str, arg: &str) -> String {
+    std::process::Command::new(cmd)
+        .arg(arg)
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
@@ -36,52 +32,47 @@ fn machine() -> Machine {
                 .unwrap_or("")
                 .to_string()
         })
+        .unwrap_or_default()
+}
+
+fn machine(loadavg_at_start: &str) -> Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
     Machine {
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
         cpus: cpu::ncpu(),
         cpu_model,
-        iperf3,
-        loadavg_at_start: read("/proc/loadavg").trim().to_string(),
+        iperf3: first_line("iperf3", "--version"),
+        ovs: first_line("ovs-vswitchd", "--version"),
+        vswitch_bin_dir: vswitch_lab::bin_dir().display().to_string(),
+        loadavg_at_start: loadavg_at_start.to_string(),
     }
 }
 
-#[derive(Serialize)]
-struct Params<'a> {
-    duration_secs: u64,
-    runs: usize,
-    configs: Vec<&'a str>,
-    workers: usize,
-    ping_count: u32,
-    quiet_wait_secs: u64,
-    quiet_below_cores: f64,
-    udp_payload_bytes: u32,
-    client_ip: &'a str,
-    server_ip: &'a str,
-    command: Vec<String>,
-}
-
-pub fn write_json(path: &Path, args: &Args, specs: &[Spec], records: &[RunRecord]) -> Result<()> {
-    let params = Params {
-        duration_secs: args.duration,
-        runs: args.runs,
-        configs: specs.iter().map(|s| s.name).collect(),
-        workers: args.workers,
-        ping_count: args.ping_count,
-        quiet_wait_secs: args.quiet_wait,
-        quiet_below_cores: args.quiet_below,
-        udp_payload_bytes: measure::UDP_PAYLOAD,
-        client_ip: topology::CLIENT_IP,
-        server_ip: topology::SERVER_IP,
-        command: std::env::args().collect(),
-    };
+pub fn write_json(path: &Path, s: &Settings, loadavg: &str, records: &[Record]) -> Result<()> {
     let doc = serde_json::json!({
-        "machine": machine(),
-        "params": params,
-        "configs": specs,
-        "runs": records,
+        "machine": machine(loadavg),
+        "params": s,
+        "command": std::env::args().collect::<Vec<_>>(),
+        "records": records,
         "summary": report::summarize(records),
     });
     let text = serde_json::to_string_pretty(&doc)?;
     std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
+}
+
+/// Records and the number of runs from a file written by [`write_json`].
+pub fn read_json(path: &Path) -> Result<(Vec<Record>, usize, Value)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let records: Vec<Record> = serde_json::from_value(v["records"].clone())
+        .with_context(|| format!("{}: no valid \"records\" array", path.display()))?;
+    let runs = v["params"]["runs"].as_u64().unwrap_or(1) as usize;
+    Ok((records, runs, v["machine"].clone()))
 }

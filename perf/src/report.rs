@@ -1,161 +1,156 @@
-//! Results: one record per configuration and run, medians, ratios against the bridge measured
-//! in the same run, the printed tables and the JSON file.
+//! Results: one [`Record`] per scenario, system and run with named numbers; medians over runs,
+//! ratios against every peer of the same scenario (the median of the per-run ratios, so both
+//! sides of a ratio saw the same machine), and the printed tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cpu::CpuUse;
-use crate::measure::{PingResult, TcpResult, UdpResult};
-
-/// Everything measured for one configuration in one run.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub config: String,
-    pub run: usize,
+/// Everything measured for one system in one run of one scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub scenario: String,
+    pub system: String,
     pub description: String,
+    pub run: usize,
+    /// Named numbers (see [`METRICS`]).
+    pub metrics: BTreeMap<String, f64>,
     pub notes: Vec<String>,
-    /// CPU use during one idle second before the tests.
-    pub idle: Option<CpuUse>,
     /// Empty when every step worked.
     pub errors: Vec<String>,
-    pub ping: Option<PingResult>,
-    pub tcp: Option<TcpResult>,
-    pub udp: Option<UdpResult>,
-    /// `vswitchctl --json stats` after the tests (vswitch configurations only).
-    pub vswitch_stats: Option<Value>,
-    /// Non-zero drop counters from those stats.
-    pub vswitch_drops: BTreeMap<String, u64>,
-    /// Whether vswitchd was still running after the tests.
-    pub vswitchd_alive: Option<bool>,
+    /// Set when the system could not be measured here (a missing package).
+    pub skipped: Option<String>,
+    /// The raw measurements (ping, iperf3, UDP, counters) as measured.
+    pub raw: BTreeMap<String, Value>,
 }
 
-impl RunRecord {
-    pub fn new(config: &str, run: usize, description: &str) -> Self {
-        RunRecord {
-            config: config.to_string(),
+impl Record {
+    pub fn new(scenario: &str, system: &str, description: &str, run: usize) -> Self {
+        Record {
+            scenario: scenario.into(),
+            system: system.into(),
+            description: description.into(),
             run,
-            description: description.to_string(),
+            metrics: BTreeMap::new(),
             notes: Vec::new(),
-            idle: None,
             errors: Vec::new(),
-            ping: None,
-            tcp: None,
-            udp: None,
-            vswitch_stats: None,
-            vswitch_drops: BTreeMap::new(),
-            vswitchd_alive: None,
+            skipped: None,
+            raw: BTreeMap::new(),
         }
     }
 
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
     }
+
+    pub fn set(&mut self, key: &str, v: Option<f64>) {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            self.metrics.insert(key.into(), v);
+        }
+    }
 }
 
-/// The numbers shown per row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Metric {
-    TcpGbps,
-    TcpRetr,
-    UdpSentKpps,
-    UdpNicKpps,
-    UdpAppKpps,
-    PingAvgUs,
-    PingMaxUs,
-    SwitchCpuTcp,
-    SwitchCpuUdp,
-    SwitchIdleCores,
-    BgBusyCores,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+    /// Context only (no ratio).
+    Neither,
 }
 
-const METRICS: &[(Metric, &str)] = &[
-    (Metric::TcpGbps, "TCP Gbps"),
-    (Metric::TcpRetr, "TCP retr"),
-    (Metric::UdpSentKpps, "UDP64 sent kpps"),
-    (Metric::UdpNicKpps, "UDP64 at pod NIC kpps"),
-    (Metric::UdpAppKpps, "UDP64 app kpps"),
-    (Metric::PingAvgUs, "ping avg us"),
-    (Metric::PingMaxUs, "ping max us"),
-    (Metric::SwitchCpuTcp, "switch CPU s (TCP)"),
-    (Metric::SwitchCpuUdp, "switch CPU s (UDP)"),
-    (Metric::SwitchIdleCores, "switch CPU idle cores"),
-    (Metric::BgBusyCores, "machine busy cores idle"),
+pub struct MetricDef {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub better: Better,
+    pub decimals: usize,
+    /// Shown as a ratio table and in the chart.
+    pub headline: bool,
+}
+
+const fn m(
+    key: &'static str,
+    label: &'static str,
+    better: Better,
+    decimals: usize,
+    headline: bool,
+) -> MetricDef {
+    MetricDef {
+        key,
+        label,
+        better,
+        decimals,
+        headline,
+    }
+}
+
+use Better::{Higher, Lower, Neither};
+
+/// The scenarios in print order, with their metrics.
+pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
+    (
+        "traffic",
+        "Two pods: TCP (iperf3, receiver), 64 B UDP delivered at the receiving pod's NIC, ping RTT, \
+         CPU and RSS of the switch, machine load",
+        &[
+            m("tcp1_gbps", "TCP 1 Gbps", Higher, 2, true),
+            m("tcp4_gbps", "TCP 4 Gbps", Higher, 2, true),
+            m("udp_rx_kpps", "UDP64 rx kpps", Higher, 0, true),
+            m("udp_sent_kpps", "UDP64 sent kpps", Neither, 0, false),
+            m("udp_lost_pct", "UDP64 lost %", Neither, 1, false),
+            m("ping_p50_us", "ping p50 us", Lower, 0, true),
+            m("ping_p99_us", "ping p99 us", Lower, 0, false),
+            m("sw_cpu_s_per_gb", "sw CPU s/GB", Lower, 2, false),
+            m("host_cpu_s_per_gb", "host CPU s/GB", Lower, 2, false),
+            m("sw_cpu_s_per_mpkt", "sw CPU s/Mpkt", Lower, 2, false),
+            m("host_cpu_s_per_mpkt", "host CPU s/Mpkt", Lower, 2, false),
+            m("switch_rss_mib", "sw RSS MiB", Lower, 1, false),
+            m("tcp1_retr", "TCP1 retr", Neither, 0, false),
+            m("bg_busy_cores", "idle load cores", Neither, 2, false),
+            m("tcp1_busy_cores", "TCP1 busy cores", Neither, 2, false),
+            m("udp_busy_cores", "UDP busy cores", Neither, 2, false),
+            m("steal_cores", "steal cores", Neither, 2, false),
+            m("loadavg1", "loadavg", Neither, 2, false),
+        ],
+    ),
+    (
+        "scale",
+        "Many ports: RSS and port-add time; TCP and 64 B UDP between two of the ports",
+        &[
+            m("ports", "ports", Neither, 0, false),
+            m("networks", "networks", Neither, 0, false),
+            m("rss_idle_mib", "RSS before MiB", Neither, 1, false),
+            m("rss_mib", "sw RSS MiB", Lower, 1, true),
+            m("port_add_ms", "port add ms", Lower, 2, false),
+            m("setup_s", "setup s", Neither, 1, false),
+            m("tcp1_gbps", "TCP 1 Gbps", Higher, 2, true),
+            m("udp_rx_kpps", "UDP64 rx kpps", Higher, 0, true),
+            m("bg_busy_cores", "idle load cores", Neither, 2, false),
+        ],
+    ),
+    (
+        "cni",
+        "CNI ADD/DEL latency, plugin invoked directly with the CNI environment (ms)",
+        &[
+            m("add_p50_ms", "ADD p50 ms", Lower, 2, true),
+            m("add_p90_ms", "ADD p90 ms", Lower, 2, false),
+            m("del_p50_ms", "DEL p50 ms", Lower, 2, true),
+            m("del_p90_ms", "DEL p90 ms", Lower, 2, false),
+            m("calls", "calls", Neither, 0, false),
+        ],
+    ),
 ];
 
-fn metric(r: &RunRecord, m: Metric) -> Option<f64> {
-    match m {
-        Metric::TcpGbps => r.tcp.as_ref().map(|t| t.gbps),
-        Metric::TcpRetr => r.tcp.as_ref()?.retransmits.map(|x| x as f64),
-        Metric::UdpSentKpps => r.udp.as_ref().map(|u| u.sent_pps / 1e3),
-        Metric::UdpNicKpps => r.udp.as_ref().map(|u| u.nic_rx_pps / 1e3),
-        Metric::UdpAppKpps => r.udp.as_ref()?.app_rx_pps.map(|x| x / 1e3),
-        Metric::PingAvgUs => r.ping.as_ref().map(|p| p.avg_us),
-        Metric::PingMaxUs => r.ping.as_ref().map(|p| p.max_us),
-        Metric::SwitchCpuTcp => r.tcp.as_ref()?.cpu.switch_cpu_secs,
-        Metric::SwitchCpuUdp => r.udp.as_ref()?.cpu.switch_cpu_secs,
-        Metric::SwitchIdleCores => r.idle.as_ref()?.switch_cores,
-        Metric::BgBusyCores => r.idle.as_ref()?.machine_busy_cores,
-    }
+pub fn scenario_metrics(scenario: &str) -> &'static [MetricDef] {
+    SCENARIOS
+        .iter()
+        .find(|s| s.0 == scenario)
+        .map(|s| s.2)
+        .unwrap_or(&[])
 }
 
-fn fmt_metric(m: Metric, v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) => match m {
-            Metric::TcpGbps => format!("{v:.2}"),
-            Metric::TcpRetr | Metric::PingAvgUs | Metric::PingMaxUs => format!("{v:.0}"),
-            Metric::UdpSentKpps | Metric::UdpNicKpps | Metric::UdpAppKpps => format!("{v:.1}"),
-            Metric::SwitchCpuTcp
-            | Metric::SwitchCpuUdp
-            | Metric::SwitchIdleCores
-            | Metric::BgBusyCores => {
-                format!("{v:.2}")
-            }
-        },
-    }
-}
-
-/// Ratios of one configuration against a baseline: TCP and delivered pps as
-/// this/baseline (higher is better), ping RTT avg as this/baseline (lower is better).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Ratios {
-    pub tcp: Option<f64>,
-    pub pps: Option<f64>,
-    pub rtt: Option<f64>,
-}
-
-fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-fn ratios(r: &RunRecord, base: &RunRecord) -> Ratios {
-    Ratios {
-        tcp: div(metric(r, Metric::TcpGbps), metric(base, Metric::TcpGbps)),
-        pps: div(
-            metric(r, Metric::UdpNicKpps),
-            metric(base, Metric::UdpNicKpps),
-        ),
-        rtt: div(
-            metric(r, Metric::PingAvgUs),
-            metric(base, Metric::PingAvgUs),
-        ),
-    }
-}
-
-pub const BASELINES: &[&str] = &["bridge", "bridge-nooff"];
-
-fn baseline<'a>(records: &'a [RunRecord], name: &str, run: usize) -> Option<&'a RunRecord> {
-    records.iter().find(|r| r.config == name && r.run == run)
-}
-
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
+pub fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -168,332 +163,304 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Medians over runs for one configuration.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub config: String,
-    pub runs: usize,
-    pub failed_runs: usize,
-    pub tcp_gbps: Option<f64>,
-    pub tcp_retransmits: Option<f64>,
-    pub udp_sent_kpps: Option<f64>,
-    pub udp_nic_rx_kpps: Option<f64>,
-    pub udp_app_rx_kpps: Option<f64>,
-    pub ping_avg_us: Option<f64>,
-    pub ping_max_us: Option<f64>,
-    pub switch_cpu_secs_tcp: Option<f64>,
-    pub switch_cpu_secs_udp: Option<f64>,
-    pub switch_idle_cores: Option<f64>,
-    /// Busy cores on the machine in the idle second before the tests (other workloads).
-    pub machine_busy_cores_idle: Option<f64>,
-    /// Median over runs of the ratio against each baseline measured in the same run.
-    pub vs: BTreeMap<String, Ratios>,
-}
-
-fn config_order(records: &[RunRecord]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for r in records {
-        if !names.contains(&r.config) {
-            names.push(r.config.clone());
+/// Systems of `scenario` in first-seen order.
+pub fn systems(records: &[Record], scenario: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in records.iter().filter(|r| r.scenario == scenario) {
+        if !out.contains(&r.system) {
+            out.push(r.system.clone());
         }
-    }
-    names
-}
-
-pub fn summarize(records: &[RunRecord]) -> Vec<Summary> {
-    config_order(records)
-        .into_iter()
-        .map(|name| {
-            let rs: Vec<&RunRecord> = records.iter().filter(|r| r.config == name).collect();
-            let med = |m: Metric| median(rs.iter().filter_map(|r| metric(r, m)).collect());
-            let mut vs = BTreeMap::new();
-            for b in BASELINES {
-                if *b == name {
-                    continue;
-                }
-                let per_run: Vec<Ratios> = rs
-                    .iter()
-                    .filter_map(|r| baseline(records, b, r.run).map(|base| ratios(r, base)))
-                    .collect();
-                if per_run.is_empty() {
-                    continue;
-                }
-                vs.insert(
-                    b.to_string(),
-                    Ratios {
-                        tcp: median(per_run.iter().filter_map(|x| x.tcp).collect()),
-                        pps: median(per_run.iter().filter_map(|x| x.pps).collect()),
-                        rtt: median(per_run.iter().filter_map(|x| x.rtt).collect()),
-                    },
-                );
-            }
-            Summary {
-                config: name.clone(),
-                runs: rs.len(),
-                failed_runs: rs.iter().filter(|r| !r.ok()).count(),
-                tcp_gbps: med(Metric::TcpGbps),
-                tcp_retransmits: med(Metric::TcpRetr),
-                udp_sent_kpps: med(Metric::UdpSentKpps),
-                udp_nic_rx_kpps: med(Metric::UdpNicKpps),
-                udp_app_rx_kpps: med(Metric::UdpAppKpps),
-                ping_avg_us: med(Metric::PingAvgUs),
-                ping_max_us: med(Metric::PingMaxUs),
-                switch_cpu_secs_tcp: med(Metric::SwitchCpuTcp),
-                switch_cpu_secs_udp: med(Metric::SwitchCpuUdp),
-                switch_idle_cores: med(Metric::SwitchIdleCores),
-                machine_busy_cores_idle: med(Metric::BgBusyCores),
-                vs,
-            }
-        })
-        .collect()
-}
-
-fn summary_metric(s: &Summary, m: Metric) -> Option<f64> {
-    match m {
-        Metric::TcpGbps => s.tcp_gbps,
-        Metric::TcpRetr => s.tcp_retransmits,
-        Metric::UdpSentKpps => s.udp_sent_kpps,
-        Metric::UdpNicKpps => s.udp_nic_rx_kpps,
-        Metric::UdpAppKpps => s.udp_app_rx_kpps,
-        Metric::PingAvgUs => s.ping_avg_us,
-        Metric::PingMaxUs => s.ping_max_us,
-        Metric::SwitchCpuTcp => s.switch_cpu_secs_tcp,
-        Metric::SwitchCpuUdp => s.switch_cpu_secs_udp,
-        Metric::SwitchIdleCores => s.switch_idle_cores,
-        Metric::BgBusyCores => s.machine_busy_cores_idle,
-    }
-}
-
-/// A markdown table with aligned columns (readable as plain text too).
-fn table(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < w.len() {
-                w[i] = w[i].max(c.chars().count());
-            }
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut s = String::from("|");
-        for (i, c) in cells.iter().enumerate() {
-            let pad = w[i].saturating_sub(c.chars().count());
-            if i == 0 {
-                let _ = write!(s, " {c}{} |", " ".repeat(pad));
-            } else {
-                let _ = write!(s, " {}{c} |", " ".repeat(pad));
-            }
-        }
-        s.push('\n');
-        s
-    };
-    let mut out = line(header);
-    out.push('|');
-    for (i, wi) in w.iter().enumerate() {
-        if i == 0 {
-            let _ = write!(out, "{}|", "-".repeat(wi + 2));
-        } else {
-            let _ = write!(out, "{}:|", "-".repeat(wi + 1));
-        }
-    }
-    out.push('\n');
-    for r in rows {
-        out.push_str(&line(r));
     }
     out
 }
 
-fn fmt_ratio(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into())
-}
-
-fn ratio_header(first: &[&str], baselines: &[&str]) -> Vec<String> {
-    let mut h: Vec<String> = first.iter().map(|s| s.to_string()).collect();
-    for b in baselines {
-        h.push(format!("TCP vs {b}"));
-        h.push(format!("pps vs {b}"));
-        h.push(format!("RTT vs {b}"));
-    }
-    h
-}
-
-fn present_baselines(records: &[RunRecord]) -> Vec<&'static str> {
-    BASELINES
+/// Median over runs of one metric of one system.
+pub fn median_of(records: &[Record], scenario: &str, system: &str, key: &str) -> Option<f64> {
+    let mut v: Vec<f64> = records
         .iter()
-        .copied()
-        .filter(|b| records.iter().any(|r| r.config == *b))
-        .collect()
-}
-
-/// The full text report: per-run metrics and ratios, and medians when there is more than
-/// one run.
-pub fn render(records: &[RunRecord], runs: usize) -> String {
-    let mut out = String::new();
-    let bases = present_baselines(records);
-
-    let mut header = vec!["config".to_string(), "run".to_string()];
-    header.extend(METRICS.iter().map(|(_, h)| h.to_string()));
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|r| {
-            let mut row = vec![
-                if r.ok() {
-                    r.config.clone()
-                } else {
-                    format!("{} (FAILED)", r.config)
-                },
-                r.run.to_string(),
-            ];
-            row.extend(METRICS.iter().map(|(m, _)| fmt_metric(*m, metric(r, *m))));
-            row
-        })
+        .filter(|r| r.scenario == scenario && r.system == system)
+        .filter_map(|r| r.metrics.get(key).copied())
         .collect();
-    out.push_str("Per run:\n\n");
-    out.push_str(&table(&header, &rows));
+    median(&mut v)
+}
 
-    let ratio_rows: Vec<Vec<String>> = records
-        .iter()
-        .filter(|r| !bases.contains(&r.config.as_str()) || bases.len() > 1)
-        .map(|r| {
-            let mut row = vec![r.config.clone(), r.run.to_string()];
-            for b in &bases {
-                let rt = if r.config == *b {
-                    Ratios::default()
-                } else {
-                    baseline(records, b, r.run)
-                        .map(|base| ratios(r, base))
-                        .unwrap_or_default()
-                };
-                row.push(fmt_ratio(rt.tcp));
-                row.push(fmt_ratio(rt.pps));
-                row.push(fmt_ratio(rt.rtt));
-            }
-            row
-        })
-        .collect();
-    if !bases.is_empty() {
-        out.push_str(
-            "\nRatios against the bridge measured in the same run (TCP, pps delivered at the pod NIC: higher is better; RTT avg: lower is better):\n\n",
-        );
-        out.push_str(&table(
-            &ratio_header(&["config", "run"], &bases),
-            &ratio_rows,
-        ));
-    }
-
-    if runs > 1 {
-        let sums = summarize(records);
-        let mut header = vec!["config".to_string(), "runs ok".to_string()];
-        header.extend(METRICS.iter().map(|(_, h)| h.to_string()));
-        let rows: Vec<Vec<String>> = sums
+/// Median over runs of (system / peer) for one metric, from runs where both have it.
+pub fn ratio(
+    records: &[Record],
+    scenario: &str,
+    system: &str,
+    peer: &str,
+    key: &str,
+) -> Option<f64> {
+    let get = |s: &str, run: usize| {
+        records
             .iter()
-            .map(|s| {
-                let mut row = vec![
-                    s.config.clone(),
-                    format!("{}/{}", s.runs - s.failed_runs, s.runs),
-                ];
-                row.extend(
-                    METRICS
-                        .iter()
-                        .map(|(m, _)| fmt_metric(*m, summary_metric(s, *m))),
-                );
-                row
-            })
-            .collect();
-        let _ = write!(out, "\nMedian over {runs} runs:\n\n");
-        out.push_str(&table(&header, &rows));
-        if !bases.is_empty() {
-            let rows: Vec<Vec<String>> = sums
-                .iter()
-                .map(|s| {
-                    let mut row = vec![s.config.clone()];
-                    for b in &bases {
-                        let rt = s.vs.get(*b).copied().unwrap_or_default();
-                        row.push(fmt_ratio(rt.tcp));
-                        row.push(fmt_ratio(rt.pps));
-                        row.push(fmt_ratio(rt.rtt));
-                    }
-                    row
-                })
-                .collect();
-            out.push_str("\nMedian of the per-run ratios:\n\n");
-            out.push_str(&table(&ratio_header(&["config"], &bases), &rows));
-        }
-    }
+            .find(|r| r.scenario == scenario && r.system == s && r.run == run)
+            .and_then(|r| r.metrics.get(key).copied())
+    };
+    let runs: Vec<usize> = records
+        .iter()
+        .filter(|r| r.scenario == scenario && r.system == system)
+        .map(|r| r.run)
+        .collect();
+    let mut v: Vec<f64> = runs
+        .into_iter()
+        .filter_map(|run| match (get(system, run), get(peer, run)) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        })
+        .collect();
+    median(&mut v)
+}
 
-    let failures: Vec<&RunRecord> = records.iter().filter(|r| !r.ok()).collect();
-    if !failures.is_empty() {
-        out.push_str("\nFailures:\n");
-        for r in failures {
-            for e in &r.errors {
-                let first: String = e.lines().take(6).collect::<Vec<_>>().join("\n    ");
-                let _ = writeln!(out, "  {} run {}: {first}", r.config, r.run);
+fn fmt(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) => format!("{v:.decimals$}"),
+        None => "-".into(),
+    }
+}
+
+/// Every table: per scenario the absolute medians, then one ratio matrix per headline metric.
+pub fn render(records: &[Record], runs: usize) -> String {
+    let mut out = String::new();
+    for (scen, title, defs) in SCENARIOS {
+        let syss = systems(records, scen);
+        if syss.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n== {scen}: {title}\n   (median over {runs} run(s); '-' = not measured)"
+        );
+        let w = syss.iter().map(|s| s.len()).max().unwrap_or(6).max(6);
+        // Columns in chunks, so that a table fits a 120-column terminal.
+        let mut chunks: Vec<Vec<&MetricDef>> = vec![Vec::new()];
+        let mut width = w;
+        for d in defs.iter() {
+            let cw = d.label.len().max(6) + 1;
+            if width + cw > 120 && !chunks.last().is_some_and(|c| c.is_empty()) {
+                chunks.push(Vec::new());
+                width = w;
+            }
+            width += cw;
+            if let Some(c) = chunks.last_mut() {
+                c.push(d);
+            }
+        }
+        for (ci, chunk) in chunks.iter().enumerate() {
+            out.push('\n');
+            let _ = write!(out, "{:<w$}", "system");
+            for d in chunk {
+                let _ = write!(out, " {:>width$}", d.label, width = d.label.len().max(6));
+            }
+            out.push('\n');
+            for s in &syss {
+                let _ = write!(out, "{s:<w$}");
+                for d in chunk {
+                    let v = median_of(records, scen, s, d.key);
+                    let _ = write!(
+                        out,
+                        " {:>width$}",
+                        fmt(v, d.decimals),
+                        width = d.label.len().max(6)
+                    );
+                }
+                if ci == 0 {
+                    let bad: Vec<&Record> = records
+                        .iter()
+                        .filter(|r| {
+                            r.scenario == *scen
+                                && &r.system == s
+                                && (!r.ok() || r.skipped.is_some())
+                        })
+                        .collect();
+                    for r in bad {
+                        match &r.skipped {
+                            Some(why) => {
+                                let _ = write!(out, "  [skipped: {why}]");
+                            }
+                            None => {
+                                let _ = write!(
+                                    out,
+                                    "  [run {} failed: {}]",
+                                    r.run,
+                                    first_line(&r.errors)
+                                );
+                            }
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        for d in defs.iter().filter(|d| d.headline) {
+            let _ = writeln!(
+                out,
+                "\n-- {scen}: {} ratio row/column ({} is better; median of per-run ratios)",
+                d.label,
+                if d.better == Higher {
+                    "higher"
+                } else {
+                    "lower"
+                }
+            );
+            let _ = write!(out, "{:<w$}", "");
+            for (i, _) in syss.iter().enumerate() {
+                let _ = write!(out, " {:>6}", format!("[{}]", i + 1));
+            }
+            out.push('\n');
+            for (i, s) in syss.iter().enumerate() {
+                let _ = write!(out, "{:<w$}", format!("[{}] {s}", i + 1), w = w + 5);
+                for p in &syss {
+                    let v = if p == s {
+                        None
+                    } else {
+                        ratio(records, scen, s, p, d.key)
+                    };
+                    let _ = write!(out, " {:>6}", if p == s { "1".into() } else { fmt(v, 2) });
+                }
+                out.push('\n');
             }
         }
     }
-    let paths: Vec<String> = records
+    let drops: Vec<String> = records
         .iter()
         .filter_map(|r| {
-            let u = r.udp.as_ref()?;
-            let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-            Some(format!(
-                "  {} run {}: sent {} | client if tx_dropped {} | switch rx {} | switch tx {} | server if rx {}",
-                r.config,
-                r.run,
-                u.sent_packets,
-                opt(u.client_tx_dropped),
-                opt(u.switch_rx_from_client),
-                opt(u.switch_tx_to_server),
-                u.nic_rx_packets
-            ))
+            let parts: Vec<String> = r
+                .raw
+                .iter()
+                .filter(|(k, v)| {
+                    k.ends_with("_drops") && v.as_object().is_some_and(|o| !o.is_empty())
+                })
+                .map(|(k, v)| format!("{} {v}", k.trim_end_matches("_drops")))
+                .collect();
+            (!parts.is_empty()).then(|| {
+                format!(
+                    "{}/{} run {}: {}",
+                    r.scenario,
+                    r.system,
+                    r.run,
+                    parts.join("; ")
+                )
+            })
         })
         .collect();
-    if !paths.is_empty() {
-        out.push_str("\nUDP64 packets along the path (switch rx/tx: vswitchd port counters):\n");
-        for p in paths {
-            out.push_str(&p);
-            out.push('\n');
+    if !drops.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nvswitchd drop counters after the tests (non-zero only):"
+        );
+        for d in drops {
+            let _ = writeln!(out, "  {}", first_chars(&d, 400));
         }
     }
-    let drops: Vec<&RunRecord> = records
+    let notes: Vec<String> = records
         .iter()
-        .filter(|r| !r.vswitch_drops.is_empty())
+        .filter(|r| !r.notes.is_empty() && r.run == 1)
+        .map(|r| format!("{}/{}: {}", r.scenario, r.system, r.notes.join("; ")))
         .collect();
-    if !drops.is_empty() {
-        out.push_str("\nvswitchd drop counters after each run (non-zero):\n");
-        for r in drops {
-            let d: Vec<String> = r
-                .vswitch_drops
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let _ = writeln!(out, "  {} run {}: {}", r.config, r.run, d.join(" "));
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\nnotes (run 1):");
+        for n in notes {
+            let _ = writeln!(out, "  {}", first_chars(&n, 400));
         }
     }
     out
+}
+
+fn first_line(v: &[String]) -> String {
+    first_chars(
+        v.first()
+            .map(|s| s.lines().next().unwrap_or(""))
+            .unwrap_or(""),
+        160,
+    )
+}
+
+fn first_chars(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Medians and full ratio matrices of every metric, for the JSON file.
+pub fn summarize(records: &[Record]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (scen, _, defs) in SCENARIOS {
+        let syss = systems(records, scen);
+        if syss.is_empty() {
+            continue;
+        }
+        let mut med = serde_json::Map::new();
+        let mut rat = serde_json::Map::new();
+        for s in &syss {
+            let mut m = serde_json::Map::new();
+            let mut r = serde_json::Map::new();
+            for d in defs.iter() {
+                if let Some(v) = median_of(records, scen, s, d.key) {
+                    m.insert(d.key.into(), v.into());
+                }
+                if d.better == Neither {
+                    continue;
+                }
+                let mut row = serde_json::Map::new();
+                for p in syss.iter().filter(|p| *p != s) {
+                    if let Some(v) = ratio(records, scen, s, p, d.key) {
+                        row.insert(p.clone(), v.into());
+                    }
+                }
+                r.insert(d.key.into(), row.into());
+            }
+            med.insert(s.clone(), m.into());
+            rat.insert(s.clone(), r.into());
+        }
+        out.insert(
+            scen.to_string(),
+            serde_json::json!({"medians": med, "ratios_vs_peers": rat}),
+        );
+    }
+    out.into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn median_odd_even_empty() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
-        assert_eq!(median(vec![]), None);
+    fn rec(sys: &str, run: usize, v: f64) -> Record {
+        let mut r = Record::new("traffic", sys, "", run);
+        r.set("tcp1_gbps", Some(v));
+        r
     }
 
     #[test]
-    fn table_is_aligned() {
-        let t = table(
-            &["a".into(), "bb".into()],
-            &[
-                vec!["xyz".into(), "1".into()],
-                vec!["q".into(), "1000".into()],
-            ],
-        );
-        let widths: Vec<usize> = t.lines().map(|l| l.len()).collect();
-        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    fn ratio_is_median_of_per_run_ratios() {
+        let rs = vec![
+            rec("a", 1, 2.0),
+            rec("b", 1, 1.0),
+            rec("a", 2, 3.0),
+            rec("b", 2, 3.0),
+            rec("a", 3, 8.0),
+            rec("b", 3, 2.0),
+        ];
+        // Per run: 2, 1, 4 -> median 2 (the ratio of the medians would be 3/2).
+        assert_eq!(ratio(&rs, "traffic", "a", "b", "tcp1_gbps"), Some(2.0));
+        assert_eq!(median_of(&rs, "traffic", "a", "tcp1_gbps"), Some(3.0));
+    }
+
+    #[test]
+    fn ratio_skips_runs_missing_a_side() {
+        let mut rs = vec![rec("a", 1, 2.0), rec("b", 1, 1.0), rec("a", 2, 5.0)];
+        rs.push(Record::new("traffic", "b", "", 2));
+        assert_eq!(ratio(&rs, "traffic", "a", "b", "tcp1_gbps"), Some(2.0));
+        assert_eq!(ratio(&rs, "traffic", "a", "c", "tcp1_gbps"), None);
+    }
+
+    #[test]
+    fn render_has_a_row_per_system_and_marks_skips() {
+        let mut s = Record::new("traffic", "ovs-tap", "", 1);
+        s.skipped = Some("install openvswitch-switch".into());
+        let rs = vec![rec("bridge", 1, 10.0), rec("vs-tap", 1, 4.0), s];
+        let t = render(&rs, 1);
+        assert!(t.contains("bridge"));
+        assert!(t.contains("[skipped: install openvswitch-switch]"));
+        assert!(t.contains("0.40"), "{t}");
     }
 }
