@@ -10,6 +10,14 @@ use crate::procs::{alive, check_interrupt, tail};
 use crate::systems::{Attach, Overlay, Pair, Spec, CLIENT_IP, SERVER_IP, SUBNET};
 
 /// `workers = N` for the daemon config (0 in a spec means one per core).
+/// Extra top-level daemon settings from `VSWITCH_PERF_DAEMON_TOML` (e.g. `io = "epoll"`), for
+/// A/B runs of one knob; empty by default.
+fn extra_toml() -> String {
+    std::env::var("VSWITCH_PERF_DAEMON_TOML")
+        .map(|s| format!("{s}\n"))
+        .unwrap_or_default()
+}
+
 pub fn workers(spec_workers: usize) -> usize {
     if spec_workers == 0 {
         crate::cpu::ncpu().max(1)
@@ -91,7 +99,8 @@ pub fn single(p: &mut Pair, spec: Spec, client: Attach, server: Attach) -> Resul
     p.client_if = "eth0".into();
     p.server_if = "eth0".into();
     let cfg = format!(
-        "workers = {}\n\n[[network]]\nname = \"perf\"\nsubnet = \"{SUBNET}\"\nattach = \"tap\"\n",
+        "{}workers = {}\n\n[[network]]\nname = \"perf\"\nsubnet = \"{SUBNET}\"\nattach = \"tap\"\n",
+        extra_toml(),
         workers(spec.workers)
     );
     let d = start(&mut p.lab, &node, &cfg)?;
@@ -176,7 +185,8 @@ pub fn overlay(p: &mut Pair, spec: Spec, o: Overlay) -> Result<()> {
             Vec::new()
         };
         let cfg = format!(
-            "workers = {}\n\n{}{}{}",
+            "{}workers = {}\n\n{}{}{}",
+            extra_toml(),
             workers(spec.workers),
             me.node_toml(None),
             peer.peer_toml(&blocks),

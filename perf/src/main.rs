@@ -42,7 +42,9 @@ use crate::report::Record;
                   vswitch-perf-udp are taken from VSWITCH_BIN_DIR, else from the directory of this \
                   binary: build them with `cargo build --release --workspace --bins` (a debug build \
                   measures the debug build). Systems whose package is missing (openvswitch-switch, \
-                  containernetworking-plugins) are skipped with a line saying what to install."
+                  containernetworking-plugins) are skipped with a line saying what to install. \
+                  VSWITCH_PERF_DAEMON_TOML adds top-level settings to every vswitchd config the \
+                  harness writes (e.g. `io = \"epoll\"`), for A/B runs of one knob."
 )]
 struct Args {
     /// Runs; systems are interleaved run by run, tables show medians and median per-run ratios.

@@ -356,6 +356,12 @@ impl Worker {
                 )?;
                 ring.poll_multishot(wake.raw(), CONTROL_TOKEN)?;
                 top_up(&mut ring, &mut engine.pool);
+                // The ring hands its buffers to the kernel in turn, so all of them (the lowest
+                // indices: the pool is a LIFO) are touched within the first few hundred packets.
+                engine
+                    .pool
+                    .mem()
+                    .prefault_in_background(usize::from(RING_BUFFERS) + RX_BATCH);
                 Backend::Uring(Box::new(ring))
             }
             _ => {
