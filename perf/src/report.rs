@@ -116,7 +116,7 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
     ),
     (
         "scale",
-        "Many ports: RSS and port-add time; TCP and 64 B UDP between two of the ports",
+        "Many ports: RSS and port-add time; ping, TCP and 64 B UDP between two of the ports",
         &[
             m("ports", "ports", Neither, 0, false),
             m("networks", "networks", Neither, 0, false),
@@ -124,6 +124,8 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
             m("rss_mib", "sw RSS MiB", Lower, 1, true),
             m("port_add_ms", "port add ms", Lower, 2, false),
             m("setup_s", "setup s", Neither, 1, false),
+            m("ping_p50_us", "ping p50 us", Lower, 0, false),
+            m("ping_p99_us", "ping p99 us", Lower, 0, true),
             m("tcp1_gbps", "TCP 1 Gbps", Higher, 2, true),
             m("udp_rx_kpps", "UDP64 rx kpps", Higher, 0, true),
             m("bg_busy_cores", "idle load cores", Neither, 2, false),

@@ -22,7 +22,7 @@ use crate::systems::Pair;
 use crate::{cpu, measure, Settings};
 
 /// Progress steps per scale case.
-pub const STEPS: usize = 3;
+pub const STEPS: usize = 4;
 /// Filler ports per shared namespace.
 const PER_NS: usize = 250;
 /// Upper bound on the setup of one case.
@@ -258,6 +258,17 @@ pub fn measure(c: Case, run: usize, s: &Settings, prog: &mut Progress) -> Result
         "rss_idle_mib",
         cpu::rss_kib(&p.switch_pids).map(|k| k as f64 / 1024.0),
     );
+    // Between two idle pods after every port is up: what the pods' own background traffic
+    // (DAD, router solicitations, MLD of many ports) does to latency shows here.
+    prog.step("ping", &name, run, s.runs);
+    match measure::ping(&p, s.ping_count) {
+        Ok(r) => {
+            rec.set("ping_p50_us", Some(r.p50_us));
+            rec.set("ping_p99_us", Some(r.p99_us));
+        }
+        Err(e) if e.is::<crate::procs::Interrupted>() => return Err(e),
+        Err(e) => rec.errors.push(format!("ping: {e:#}")),
+    }
     prog.step("tcp x1", &name, run, s.runs);
     match measure::tcp(&mut p, s.secs, 1) {
         Ok(r) => rec.set("tcp1_gbps", Some(r.gbps)),
