@@ -108,6 +108,7 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
             m("switch_rss_mib", "sw RSS MiB", Lower, 1, false),
             m("tcp1_retr", "TCP1 retr", Neither, 0, false),
             m("bg_busy_cores", "idle load cores", Neither, 2, false),
+            m("sw_idle_cpu_pct", "sw idle CPU %", Lower, 2, false),
             m("tcp1_busy_cores", "TCP1 busy cores", Neither, 2, false),
             m("udp_busy_cores", "UDP busy cores", Neither, 2, false),
             m("steal_cores", "steal cores", Neither, 2, false),
@@ -129,6 +130,7 @@ pub const SCENARIOS: &[(&str, &str, &[MetricDef])] = &[
             m("tcp1_gbps", "TCP 1 Gbps", Higher, 2, true),
             m("udp_rx_kpps", "UDP64 rx kpps", Higher, 0, true),
             m("bg_busy_cores", "idle load cores", Neither, 2, false),
+            m("sw_idle_cpu_pct", "sw idle CPU %", Lower, 2, false),
         ],
     ),
     (

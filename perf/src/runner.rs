@@ -179,6 +179,8 @@ pub fn wait_quiet(p: &Pair, rec: &mut Record, s: &Settings) -> Result<()> {
         let busy = idle.machine_busy_cores.unwrap_or(0.0);
         rec.set("bg_busy_cores", Some(busy));
         rec.set("steal_cores", idle.steal_cores);
+        // The switch's own share of that idle second: what an idle daemon costs.
+        rec.set("sw_idle_cpu_pct", idle.switch_cores.map(|c| c * 100.0));
         if busy <= s.quiet_below {
             return Ok(());
         }
