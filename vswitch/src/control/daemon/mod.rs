@@ -132,6 +132,9 @@ pub struct Daemon {
     /// Trace and capture sessions (see `observe`).
     trace: Arc<crate::observe::hub::TraceHub>,
     started: std::time::SystemTime,
+    /// The binary's build id (shown by `status`; given by the binary so that a new id relinks
+    /// only the binary).
+    build: String,
 }
 
 /// Where a peer's record came from.
@@ -172,8 +175,9 @@ fn sys_err(what: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Daemon {
-    /// Starts the workers and loads networks from the config and the state dir.
-    pub fn start(cfg: DaemonConfig) -> anyhow::Result<Daemon> {
+    /// Starts the workers and loads networks from the config and the state dir. `build` is the
+    /// binary's build id, answered to `ping` (`vswitchctl status`).
+    pub fn start(cfg: DaemonConfig, build: &str) -> anyhow::Result<Daemon> {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
@@ -220,6 +224,7 @@ impl Daemon {
             remote_endpoints: BTreeMap::new(),
             trace,
             started: std::time::SystemTime::now(),
+            build: build.to_string(),
         };
         d.start_uplink()?;
         d.pools = Some(super::pools::PoolIpam::open(&cfg, d.node_name())?);
@@ -340,6 +345,7 @@ impl Daemon {
             Request::Ping(r) => answer(r, |_| {
                 Ok(PingReply {
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    build: self.build.clone(),
                     workers: self.workers.len(),
                     io: self
                         .workers
