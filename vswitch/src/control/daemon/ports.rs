@@ -579,3 +579,94 @@ pub(super) fn pod_if_err(ifname: &str, netns: &str, e: netconf::NetconfError) ->
     }
     sys_err("configure pod interface", e)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reservation logic, without plumbing: a daemon with one worker and an L2 network,
+    //! a port reserved (never plumbed), then committed with a failed plumbing.
+    use super::*;
+    use vswitch_api::{NetworkAdd, NetworkDel};
+    use vswitch_config::{DaemonConfig, NetworkConfig};
+
+    fn daemon(dir: &std::path::Path) -> Daemon {
+        let mut cfg = DaemonConfig::default();
+        cfg.state_dir = dir.to_path_buf();
+        cfg.workers = 1;
+        let mut d = Daemon::start(cfg, "test").expect("start daemon");
+        let net = NetworkConfig::new("net", "10.9.0.0/24".parse().unwrap());
+        d.network_add(NetworkAdd { network: net }).unwrap();
+        d
+    }
+
+    fn req(id: &str, ip: &str, mac: &str) -> PortAdd {
+        PortAdd {
+            id: Some(id.into()),
+            // Any existing namespace file: validation checks only that it exists.
+            netns: "/proc/self/ns/net".into(),
+            network: "net".into(),
+            ifname: "eth9".into(),
+            mac: Some(mac.parse().unwrap()),
+            ips: vec![ip.parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn ports_json(dir: &std::path::Path) -> String {
+        std::fs::read_to_string(dir.join(super::super::restore::PORTS_FILE)).unwrap_or_default()
+    }
+
+    #[test]
+    fn reservation_is_seen_by_concurrent_requests_and_rolled_back() {
+        let dir = std::env::temp_dir().join(format!("vswitch-resv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = daemon(&dir);
+        let mut plan = d
+            .reserve_port(req("a", "10.9.0.5", "02:00:00:00:09:05"), None)
+            .unwrap();
+        let kind = |r: Result<PortPlan, ApiError>| r.err().map(|e| e.kind);
+        // The same id, the same IP, the same MAC: taken while "a" is being plumbed.
+        assert_eq!(
+            kind(d.reserve_port(req("a", "10.9.0.6", "02:00:00:00:09:06"), None)),
+            Some(ErrorKind::PortExists)
+        );
+        assert_eq!(
+            kind(d.reserve_port(req("b", "10.9.0.5", "02:00:00:00:09:06"), None)),
+            Some(ErrorKind::AddressConflict)
+        );
+        assert_eq!(
+            kind(d.reserve_port(req("b", "10.9.0.6", "02:00:00:00:09:05"), None)),
+            Some(ErrorKind::AddressConflict)
+        );
+        let del = d.network_del(NetworkDel { name: "net".into() });
+        assert_eq!(del.err().map(|e| e.kind), Some(ErrorKind::NetworkInUse));
+        assert_eq!(
+            d.port_del("a").err().map(|e| e.kind),
+            Some(ErrorKind::Unavailable)
+        );
+        // Not listed while being added.
+        assert!(d.ports.is_empty());
+
+        // Plumbing failed: everything the reservation did is undone.
+        let failed = d.commit_port(&mut plan, Err(sys_err("create tap", "test")));
+        assert_eq!(failed.err().map(|e| e.kind), Some(ErrorKind::System));
+        assert!(d.reserved.is_empty() && d.ports.is_empty());
+        assert!(
+            !ports_json(&dir).contains("\"a\""),
+            "record left: {}",
+            ports_json(&dir)
+        );
+        assert!(d.take_teardown().is_empty());
+        // The id, IP and MAC are free again, and so is the network.
+        let mut again = d
+            .reserve_port(req("a", "10.9.0.5", "02:00:00:00:09:05"), None)
+            .unwrap();
+        // Its record is on disk before the ADD could return.
+        let written = again.persisted.take().unwrap().join().unwrap();
+        assert!(written.is_ok() && ports_json(&dir).contains("\"a\""));
+        let _ = d.commit_port(&mut again, Err(sys_err("create tap", "test")));
+        d.network_del(NetworkDel { name: "net".into() }).unwrap();
+        d.shutdown(false);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

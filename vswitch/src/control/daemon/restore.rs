@@ -250,6 +250,34 @@ impl Daemon {
 mod tests {
     use super::*;
 
+    /// Snapshots written out of order (their threads finish in any order): an older one never
+    /// replaces a newer one on disk.
+    #[test]
+    fn older_snapshot_never_overwrites_a_newer_one() {
+        let dir = std::env::temp_dir().join(format!("vswitch-portsfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = PortsFile::new(dir.join(PORTS_FILE));
+        let rec = |id: &str| -> PortRecord {
+            let text = format!(
+                r#"{{"info": {{"id": "{id}", "network": "n", "netns": "p", "ifname": "e",
+                "host_ifname": "e", "attach": "tap", "mac": "02:00:00:00:00:01", "ips": [],
+                "mtu": 1500, "worker": 0}}}}"#
+            );
+            serde_json::from_str(&text).unwrap()
+        };
+        let (g1, g2) = (f.generation(), f.generation());
+        f.write(g2, &[rec("a"), rec("b")]).unwrap();
+        f.write(g1, &[rec("a")]).unwrap();
+        let on_disk: Vec<PortRecord> =
+            serde_json::from_slice(&std::fs::read(dir.join(PORTS_FILE)).unwrap()).unwrap();
+        assert_eq!(on_disk.len(), 2);
+        let g3 = f.generation();
+        f.write(g3, &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(PORTS_FILE)).unwrap(), "[]");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A record with only the port's info (as a minimal or older writer leaves it) reads back
     /// with the defaults a re-attach needs: not a router, no routes, offloads on, state `up`.
     #[test]
