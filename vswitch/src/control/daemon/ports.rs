@@ -589,9 +589,11 @@ mod tests {
     use vswitch_config::{DaemonConfig, NetworkConfig};
 
     fn daemon(dir: &std::path::Path) -> Daemon {
-        let mut cfg = DaemonConfig::default();
-        cfg.state_dir = dir.to_path_buf();
-        cfg.workers = 1;
+        let cfg = DaemonConfig {
+            state_dir: dir.to_path_buf(),
+            workers: 1,
+            ..Default::default()
+        };
         let mut d = Daemon::start(cfg, "test").expect("start daemon");
         let net = NetworkConfig::new("net", "10.9.0.0/24".parse().unwrap());
         d.network_add(NetworkAdd { network: net }).unwrap();
