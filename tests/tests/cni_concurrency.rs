@@ -93,7 +93,7 @@ fn has_eth0(lab: &Lab, ns: &str) -> bool {
 }
 
 fn attach_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "tap"
     } else {
         "af_packet"
