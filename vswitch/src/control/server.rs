@@ -255,6 +255,7 @@ fn apply(state: &Mutex<Daemon>, req: Request) -> Reply {
     match step {
         Step::Done(reply) => reply,
         Step::Plumb(pending) => {
+            tracing::debug!(port = %pending.port_id(), "plumbing without the state lock");
             let dev = pending.plumb();
             let (reply, teardown) = {
                 let mut d = lock(state);

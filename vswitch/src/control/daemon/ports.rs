@@ -248,7 +248,7 @@ impl Daemon {
         );
         // The port's record goes to disk (fsync'd) while the interface is being plumbed: a
         // record whose interface never came to be is reconciled as gone at the next start.
-        let persisted = Some(self.spawn_persist());
+        let persisted = std::sync::Mutex::new(Persist::Writing(self.spawn_persist()));
         Ok(PortPlan {
             ns: netconf::netns_path(&r.netns),
             pod_tmp,
@@ -272,14 +272,9 @@ impl Daemon {
     ) -> Result<PortInfo, ApiError> {
         let id = plan.info.id.clone();
         self.reserved.remove(&id);
-        // Joined before anything else writes the file for this port (its record is on disk,
-        // or a newer snapshot holding it is).
-        let written = match plan.persisted.take() {
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(sys_err("write ports", "writer thread panicked"))),
-            None => Ok(()),
-        };
+        // Its record is on disk (or a newer snapshot holding it is) before the ADD returns;
+        // normally `plumb` waited for that already, outside the lock.
+        let written = plan.take_persisted();
         let undo_record = |me: &Self| {
             if let Err(e) = me.persist_ports() {
                 tracing::warn!(port = %id, "{e}");
@@ -505,8 +500,16 @@ pub struct PortPlan {
     offloads: bool,
     routes: Vec<RouteSpec>,
     router: bool,
-    /// The thread writing `ports.json` with this port's record.
-    persisted: Option<std::thread::JoinHandle<Result<(), ApiError>>>,
+    /// The write of `ports.json` with this port's record. Behind a mutex so that `plumb` (which
+    /// only borrows the plan) can wait for it outside the daemon lock.
+    persisted: std::sync::Mutex<Persist>,
+}
+
+/// Where the write of a reserved port's record is.
+enum Persist {
+    Writing(std::thread::JoinHandle<Result<(), ApiError>>),
+    Written(Result<(), ApiError>),
+    Taken,
 }
 
 impl PortPlan {
@@ -515,11 +518,38 @@ impl PortPlan {
     }
 
     /// Step 2 of a port add, without the daemon lock: creates the device and configures the pod
-    /// side; on failure removes what it created and reports.
+    /// side; on failure removes what it created and reports. Then waits for the port's record
+    /// to be on disk (its fsyncs overlapped with the plumbing), so that the commit under the
+    /// lock does not wait for them.
     pub fn plumb(&self) -> Result<PortDev, ApiError> {
         // A panic here must still end in `commit_port`, or the reservation would stay.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.plumb_inner()))
-            .unwrap_or_else(|_| Err(sys_err("plumb port", "panicked")))
+        let dev = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.plumb_inner()))
+            .unwrap_or_else(|_| Err(sys_err("plumb port", "panicked")));
+        self.wait_persisted();
+        dev
+    }
+
+    fn wait_persisted(&self) {
+        let mut p = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*p, Persist::Writing(_)) {
+            return; // written (or taken by the commit) already
+        }
+        if let Persist::Writing(h) = std::mem::replace(&mut *p, Persist::Taken) {
+            *p = Persist::Written(
+                h.join()
+                    .unwrap_or_else(|_| Err(sys_err("write ports", "writer thread panicked"))),
+            );
+        }
+    }
+
+    /// The outcome of the record's write (waiting for it if `plumb` did not).
+    fn take_persisted(&mut self) -> Result<(), ApiError> {
+        self.wait_persisted();
+        let p = self.persisted.get_mut().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(p, Persist::Taken) {
+            Persist::Written(r) => r,
+            Persist::Writing(_) | Persist::Taken => Ok(()),
+        }
     }
 
     fn plumb_inner(&self) -> Result<PortDev, ApiError> {
@@ -664,7 +694,7 @@ mod tests {
             .reserve_port(req("a", "10.9.0.5", "02:00:00:00:09:05"), None)
             .unwrap();
         // Its record is on disk before the ADD could return.
-        let written = again.persisted.take().unwrap().join().unwrap();
+        let written = again.take_persisted();
         assert!(written.is_ok() && ports_json(&dir).contains("\"a\""));
         let _ = d.commit_port(&mut again, Err(sys_err("create tap", "test")));
         d.network_del(NetworkDel { name: "net".into() }).unwrap();
