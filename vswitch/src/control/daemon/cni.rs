@@ -32,8 +32,6 @@ pub(super) struct CniCtx {
     routes: Vec<RouteSpec>,
     /// The addresses were assigned by this ADD (not by an earlier try of it).
     fresh_alloc: bool,
-    /// The network was created on first use by this ADD.
-    created_network: bool,
 }
 
 impl Daemon {
@@ -147,12 +145,11 @@ impl Daemon {
             CniIpam::Pools { request } => self.pool_cni_assign(&r, request)?,
             CniIpam::Fixed { addrs, routes } => (addrs.clone(), routes.clone(), false),
         };
-        let mut ctx = CniCtx {
+        let ctx = CniCtx {
             id: id.clone(),
             addrs,
             routes,
             fresh_alloc,
-            created_network: false,
         };
         let Some(first) = ctx.addrs.first().copied() else {
             self.cni_undo(&r, &ctx);
@@ -186,7 +183,8 @@ impl Daemon {
                 self.cni_undo(&r, &ctx);
                 return Err(e);
             }
-            ctx.created_network = true;
+            // Provisional until a port of it is committed (see `cni_undo`).
+            self.provisional.insert(r.domain.clone());
             // Persisted now, not at commit: concurrent ADDs may join the network while this
             // one plumbs, and must find it after a restart even if this one fails.
             if let Err(e) = self.persist_networks() {
@@ -248,8 +246,10 @@ impl Daemon {
     }
 
     /// Undoes a failed ADD's IPAM assignment (a fresh one only: a retried ADD keeps what an
-    /// earlier one got) and its network on first use (unless other ports, or ports being added,
-    /// joined it meanwhile: then it stays, persisted already).
+    /// earlier one got) and a network created on first use: by this ADD, or by an ADD that
+    /// failed while this one was being plumbed into it. It stays while other ports, or ports
+    /// being added, use it (persisted already); the last failing ADD into it removes it, and
+    /// the first committed port makes it permanent.
     fn cni_undo(&mut self, r: &CniAdd, ctx: &CniCtx) {
         if ctx.fresh_alloc {
             if let CniIpam::Pools { .. } = r.ipam {
@@ -260,7 +260,7 @@ impl Daemon {
                     .release(&r.domain, &r.network, &r.container_id, &r.ifname);
             }
         }
-        if ctx.created_network && self.network_users(&r.domain) == 0 {
+        if self.provisional.contains(&r.domain) && self.network_users(&r.domain) == 0 {
             self.remove_network(&r.domain);
             if let Err(e) = self.persist_networks() {
                 tracing::warn!(network = %r.domain, "undo network on first use: {e}");
@@ -457,4 +457,107 @@ pub(super) fn ipam_err(e: IpamError) -> ApiError {
         _ => ErrorKind::AddressConflict,
     };
     err(kind, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two-phase ADD through the public API (`begin` / `finish`), plumbing replaced by its
+    //! outcome: what a failed plumbing rolls back, and what a concurrent ADD sees meanwhile.
+    use super::super::Step;
+    use super::*;
+    use vswitch_api::{NetworkDel, Reply, Request};
+    use vswitch_config::cni::{IpamPlan, Range};
+    use vswitch_config::DaemonConfig;
+
+    fn add(cid: &str, requested: &[&str]) -> Request {
+        let subnet: Ipv4Net = "10.8.0.0/24".parse().unwrap();
+        Request::CniAdd(CniAdd {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/proc/self/ns/net".into(),
+            network: "n".into(),
+            domain: "dom".into(),
+            pod: None,
+            attach: None,
+            mtu: None,
+            mac: None,
+            ipam: CniIpam::Builtin {
+                plan: IpamPlan {
+                    range_sets: vec![vec![Range {
+                        subnet,
+                        start: "10.8.0.10".parse().unwrap(),
+                        end: "10.8.0.20".parse().unwrap(),
+                        gateway: "10.8.0.1".parse().unwrap(),
+                    }]],
+                    routes: Vec::new(),
+                },
+                requested: requested.iter().map(|i| i.parse().unwrap()).collect(),
+            },
+        })
+    }
+
+    fn error_kind(r: &Reply) -> Option<ErrorKind> {
+        match r {
+            Reply::Error(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+
+    fn failed() -> Result<PortDev, ApiError> {
+        Err(err(ErrorKind::System, "plumbing failed (test)"))
+    }
+
+    #[test]
+    fn failed_plumbing_rolls_back_addresses_and_the_network_on_first_use() {
+        let dir = std::env::temp_dir().join(format!("vswitch-cni2p-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = DaemonConfig {
+            state_dir: dir.clone(),
+            workers: 1,
+            ..Default::default()
+        };
+        let mut d = Daemon::start(cfg, "test").unwrap();
+        let Step::Plumb(a) = d.begin(add("a", &["10.8.0.15"])) else {
+            panic!("ADD a not reserved")
+        };
+        // Meanwhile: the same attachment again, and the same address for another one.
+        let Step::Done(again) = d.begin(add("a", &[])) else {
+            panic!("second ADD of a reserved")
+        };
+        assert_eq!(error_kind(&again), Some(ErrorKind::PortExists));
+        let Step::Done(same_ip) = d.begin(add("b", &["10.8.0.15"])) else {
+            panic!("ADD b with a's address reserved")
+        };
+        assert_eq!(error_kind(&same_ip), Some(ErrorKind::AddressConflict));
+        // Another attachment joins the network a created; the network is in use.
+        let Step::Plumb(c) = d.begin(add("c", &[])) else {
+            panic!("ADD c not reserved")
+        };
+        assert_eq!(d.ipam.allocations("dom").len(), 2);
+        let del = d.handle(Request::NetworkDel(NetworkDel { name: "dom".into() }));
+        assert_eq!(error_kind(&del), Some(ErrorKind::NetworkInUse));
+
+        // a fails: its address goes, the network stays (c is being added to it).
+        assert_eq!(error_kind(&d.finish(a, failed())), Some(ErrorKind::System));
+        assert_eq!(d.ipam.allocations("dom").len(), 1);
+        assert!(d.networks.contains_key("dom"));
+        // c fails too: the last ADD into the network a created on first use removes it.
+        assert_eq!(error_kind(&d.finish(c, failed())), Some(ErrorKind::System));
+        assert!(d.ipam.allocations("dom").is_empty());
+        assert!(d.reserved.is_empty() && d.ports.is_empty());
+        assert!(!d.networks.contains_key("dom"));
+
+        // Alone, a failed ADD removes the network it created, as it always did.
+        let Step::Plumb(e) = d.begin(add("e", &[])) else {
+            panic!("ADD e not reserved")
+        };
+        assert!(d.networks.contains_key("dom"));
+        let _ = d.finish(e, failed());
+        assert!(!d.networks.contains_key("dom"));
+        assert!(d.ipam.allocations("dom").is_empty());
+        let saved = std::fs::read_to_string(dir.join(super::super::NETWORKS_FILE)).unwrap();
+        assert!(!saved.contains("dom"), "networks.json: {saved}");
+        d.shutdown(false);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -102,6 +102,9 @@ pub struct Daemon {
     /// Ports being added, by id: reserved under the lock, plumbed without it, then committed
     /// (or rolled back). Their id, IPs and MAC are taken, their network in use.
     reserved: BTreeMap<String, restore::PortRecord>,
+    /// Networks created on first use by a CNI ADD into which no port has been committed yet:
+    /// the last failing ADD into one removes it (it exists only for those ADDs).
+    provisional: BTreeSet<String>,
     /// Interfaces of removed ports, deleted once the lock is released (`take_teardown`).
     teardown: Vec<ports::Unplumb>,
     /// `ports.json`, written by one writer at a time, newest snapshot last.
@@ -201,6 +204,7 @@ impl Daemon {
             ports: BTreeMap::new(),
             gone: BTreeMap::new(),
             reserved: BTreeMap::new(),
+            provisional: BTreeSet::new(),
             teardown: Vec::new(),
             ports_file: Arc::new(restore::PortsFile::new(
                 cfg.state_dir.join(restore::PORTS_FILE),

@@ -155,6 +155,7 @@ impl Daemon {
     }
 
     pub(super) fn remove_network(&mut self, name: &str) -> Option<Network> {
+        self.provisional.remove(name);
         let n = self.networks.remove(name)?;
         if n.conf.kind == NetworkKind::L3 && n.conf.spans_nodes() {
             for b in &n.conf.blocks {

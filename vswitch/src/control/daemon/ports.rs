@@ -301,6 +301,8 @@ impl Daemon {
         };
         // On failure install_port removes the port again, record included.
         let info = self.install_port(plan.info.clone(), dev, plan.router, plan.routes.clone())?;
+        // A network created on first use stays for good once a port of it is in place.
+        self.provisional.remove(&info.network);
         tracing::info!(port = %id, network = %info.network, attach = %info.attach,
             mac = %info.mac, ips = ?info.ips, "port added");
         Ok(info)
