@@ -173,6 +173,9 @@ mod tests {
             r#"{"op":"port_del","id":"p"}"#
         );
         let back: Request = serde_json::from_str(r#"{"op":"ping"}"#).unwrap();
+        // A reply from a daemon without a build id still decodes (old daemon, new client).
+        let old: PingReply = serde_json::from_str(r#"{"version":"0.1.0"}"#).unwrap();
+        assert_eq!(old.build, "");
         assert!(matches!(back, Request::Ping(_)));
         let back: Request = serde_json::from_str(r#"{"op":"ipam_show","domain":"d"}"#).unwrap();
         assert!(matches!(back, Request::IpamShow(IpamShow { domain }) if domain == "d"));
@@ -183,13 +186,14 @@ mod tests {
         let r = answer(Ping {}, |_| {
             Ok(PingReply {
                 version: "1".into(),
+                build: "b".into(),
                 workers: 1,
                 io: "epoll".into(),
             })
         });
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"ok":{"io":"epoll","version":"1","workers":1}}"#
+            r#"{"ok":{"build":"b","io":"epoll","version":"1","workers":1}}"#
         );
         let r = answer(PortDel { id: "x".into() }, |_| {
             Err(ApiError::new(ErrorKind::UnknownPort, "no"))

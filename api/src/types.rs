@@ -192,6 +192,10 @@ pub struct Done {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingReply {
     pub version: String,
+    /// The daemon binary's build id (`VSWITCH_BUILD_ID` at build time, else `<version>-dev`):
+    /// tells an upgraded daemon from the one before. Empty from a daemon that predates it.
+    #[serde(default)]
+    pub build: String,
     /// Dataplane worker threads.
     #[serde(default)]
     pub workers: usize,

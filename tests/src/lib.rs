@@ -139,6 +139,12 @@ impl Daemon {
             .with_context(|| format!("no drop reason {reason:?} in stats: {v}"))
     }
 
+    /// The build id `vswitchctl status` reports (empty from a daemon without one).
+    pub fn build_id(&self) -> Result<String> {
+        let v = self.ctl_json(&["status"])?;
+        Ok(v["build"].as_str().unwrap_or_default().to_string())
+    }
+
     /// The daemon's log so far (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -216,6 +222,16 @@ impl Lab {
     /// Starts `vswitchd` inside `node_ns` with its own socket and state dir, `config_toml`
     /// appended to its config file, and waits until the control socket answers.
     pub fn daemon(&mut self, node_ns: &str, config_toml: &str) -> Result<Daemon> {
+        self.daemon_with(&bin("vswitchd"), node_ns, config_toml)
+    }
+
+    /// Like [`Lab::daemon`] with another vswitchd binary (an upgrade test's second build).
+    pub fn daemon_with(
+        &mut self,
+        vswitchd: &Path,
+        node_ns: &str,
+        config_toml: &str,
+    ) -> Result<Daemon> {
         let tag = node_ns.trim_start_matches(&self.prefix).to_string();
         let base = self.dir.join(format!("node-{tag}"));
         std::fs::create_dir_all(&base)?;
@@ -239,7 +255,7 @@ impl Lab {
         let pid = self.spawn(
             Command::new("ip")
                 .args(["netns", "exec", node_ns])
-                .arg(bin("vswitchd"))
+                .arg(vswitchd)
                 .arg("--config")
                 .arg(&cfg)
                 .env(

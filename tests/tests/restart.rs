@@ -5,7 +5,8 @@
 //! (`ping -D -i 0.05`, one per pod: tap → af_packet on n1, af_packet → n2, n2 → tap) and an
 //! iperf3 stream (tap pod → n2 pod) run while n1's daemon is killed (`kill -9`, a crash) or
 //! stopped (SIGTERM, the first half of an upgrade) and started again on the same config and
-//! state dir. Then:
+//! state dir, or stopped with SIGTERM and replaced by another build of vswitchd (an upgrade:
+//! `vswitchd-upgrade`, built by `tests/run.sh` with another `VSWITCH_BUILD_ID`). Then:
 //! - every flow answers again within 1 s of the daemon being ready (the gap is printed);
 //! - the TCP stream opened before the stop completes;
 //! - `port list` shows every pod as `restored`, and `ipam show` is unchanged;
@@ -102,12 +103,29 @@ fn ipam(d: &Daemon) -> Value {
 enum Stop {
     Kill,
     Term,
+    /// SIGTERM, then start `vswitchd-upgrade` (another build) instead of `vswitchd`.
+    Upgrade,
+}
+
+/// The second vswitchd build of the upgrade test, next to `vswitchd`.
+fn upgrade_binary(test: &str) -> std::path::PathBuf {
+    let p = vswitch_lab::bin_dir().join("vswitchd-upgrade");
+    assert!(
+        p.exists(),
+        "{test}: {} not found. It is a second build of vswitchd with another build id; \
+         `bash tests/run.sh` makes it, or by hand (same target dir): \
+         VSWITCH_BUILD_ID=upgrade-test cargo build --bin vswitchd && \
+         cp target/debug/vswitchd target/debug/vswitchd-upgrade && cargo build --bin vswitchd",
+        p.display()
+    );
+    p
 }
 
 fn scenario(test: &str, how: Stop) {
     if !require_root(test) {
         return;
     }
+    let upgrade = (how == Stop::Upgrade).then(|| upgrade_binary(test));
     let _serial = topo::serial();
     let mut lab = Lab::new().unwrap();
     let rack = topo::rack(&mut lab, "rk", "10.1.7").unwrap();
@@ -117,6 +135,8 @@ fn scenario(test: &str, how: Stop) {
     let cfg2 = format!("{}{}{NET_TOML}", n2.node_toml(None), n1.peer_toml(&[]));
     let d1 = lab.daemon(&n1.ns, &cfg1).unwrap();
     let d2 = lab.daemon(&n2.ns, &cfg2).unwrap();
+    let build_before = d1.build_id().unwrap();
+    assert!(!build_before.is_empty(), "{test}: status shows no build id");
     let pt = lab.netns("pt").unwrap();
     let pa = lab.netns("pa").unwrap();
     let tap_ip = add(&d1, "cid-tap", &pt, "tap");
@@ -186,7 +206,7 @@ fn scenario(test: &str, how: Stop) {
 
     match how {
         Stop::Kill => lab.kill(d1.pid()),
-        Stop::Term => lab.stop(d1.pid()),
+        Stop::Term | Stop::Upgrade => lab.stop(d1.pid()),
     }
     // The daemon is gone (reaped): nothing is forwarded on n1 from here until the restart.
     let t_stop = now();
@@ -200,8 +220,30 @@ fn scenario(test: &str, how: Stop) {
     );
     std::thread::sleep(Duration::from_millis(700));
     let t0 = Instant::now();
-    let d1 = lab.daemon(&n1.ns, &cfg1).unwrap();
+    let d1 = match &upgrade {
+        Some(new) => lab.daemon_with(new, &n1.ns, &cfg1).unwrap(),
+        None => lab.daemon(&n1.ns, &cfg1).unwrap(),
+    };
     let t_ready = now();
+    let build_after = d1.build_id().unwrap();
+    if upgrade.is_some() {
+        assert!(
+            build_after.starts_with("upgrade-") && build_after != build_before,
+            "{test}: after the upgrade status shows build {build_after:?} (before: \
+             {build_before:?}); vswitchd-upgrade must be built with VSWITCH_BUILD_ID=upgrade-…"
+        );
+        assert!(
+            !build_before.starts_with("upgrade-"),
+            "{test}: the daemon before the upgrade is already build {build_before:?}: \
+             rebuild vswitchd without VSWITCH_BUILD_ID"
+        );
+        println!("{test}: upgraded from build {build_before} to {build_after}");
+    } else {
+        assert_eq!(
+            build_after, build_before,
+            "{test}: same binary, same build id"
+        );
+    }
     println!(
         "{test}: daemon down {:.2} s, ready {:.0} ms after start",
         t_ready - t_stop,
@@ -300,6 +342,15 @@ fn kill_9_keeps_pods_networking() {
 #[test]
 fn sigterm_and_start_again_keeps_pods_networking() {
     scenario("sigterm_and_start_again_keeps_pods_networking", Stop::Term);
+}
+
+/// An upgrade: SIGTERM the old daemon, start another build on the same config and state dir.
+#[test]
+fn sigterm_and_upgrade_to_a_new_build_keeps_pods_networking() {
+    scenario(
+        "sigterm_and_upgrade_to_a_new_build_keeps_pods_networking",
+        Stop::Upgrade,
+    );
 }
 
 /// A port whose pod went away while the daemon was down is reported gone, not re-created, and

@@ -241,8 +241,14 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             if cli.json {
                 print_json(&v);
             } else {
+                // An old daemon sends no build id.
+                let build = if v.build.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (build {})", v.build)
+                };
                 println!(
-                    "vswitchd {} is running ({}); dataplane: {} worker(s), {} I/O",
+                    "vswitchd {}{build} is running ({}); dataplane: {} worker(s), {} I/O",
                     v.version,
                     cli.socket.display(),
                     v.workers,

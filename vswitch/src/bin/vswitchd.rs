@@ -10,6 +10,17 @@ use signal_hook::iterator::Signals;
 use vswitch::control::{cluster, daemon::Daemon, server};
 use vswitch_config::DaemonConfig;
 
+/// This binary's build id: `VSWITCH_BUILD_ID` at build time (read here in the binary, not in
+/// the library, so a new id relinks only `vswitchd`), else the version with `-dev`. `vswitchctl
+/// status` shows it: after an upgrade (SIGTERM the old daemon, start the new binary) it tells
+/// which build answers.
+fn build_id() -> String {
+    match option_env!("VSWITCH_BUILD_ID") {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => format!("{}-dev", env!("CARGO_PKG_VERSION")),
+    }
+}
+
 /// Userspace virtual switch daemon: isolated L2 networks for pods over tap and AF_PACKET ports.
 ///
 /// Runs with no config at all (state in /var/lib/vswitch, control socket
@@ -60,7 +71,9 @@ fn main() -> anyhow::Result<()> {
     let (workers, networks) = (cfg.workers, cfg.networks.len());
     let cluster = cfg.cluster.clone();
     let metrics_addr = cfg.metrics_addr();
-    let daemon = match Daemon::start(cfg) {
+    let build = build_id();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %build, "vswitchd starting");
+    let daemon = match Daemon::start(cfg, &build) {
         Ok(d) => Arc::new(Mutex::new(d)),
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
@@ -90,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         Some(addr) => Some(metrics::start(addr, daemon.clone())?),
         None => None,
     };
-    tracing::info!(socket = %socket.display(), workers, networks, "vswitchd ready");
+    tracing::info!(socket = %socket.display(), workers, networks, %build, "vswitchd ready");
     {
         let daemon = daemon.clone();
         std::thread::Builder::new()

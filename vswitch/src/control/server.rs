@@ -1,5 +1,7 @@
 //! The control socket: a unix stream socket (mode 0600), one JSON request per line.
-//! Each connection gets a thread; requests are applied one at a time under the state lock.
+//! Each connection gets a thread; requests are applied one at a time under the state lock,
+//! except the slow part of a port add (plumbing the pod interface) and of a port removal
+//! (deleting its links), which run unlocked (see [`apply`]).
 //! A `trace` request turns its connection into a stream of trace records (without holding the
 //! lock while it waits for them) until the session ends.
 //!
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::daemon::Daemon;
+use super::daemon::{Daemon, Step};
 use vswitch_api::{ApiError, ErrorKind, Reply, Request};
 
 /// Largest request line accepted (a port add is well under 4 KiB).
@@ -222,11 +224,7 @@ fn handle_conn(stream: UnixStream, state: &Mutex<Daemon>) {
             }
             Ok(req) => {
                 tracing::debug!(?req, "request");
-                let mut d = match state.lock() {
-                    Ok(d) => d,
-                    Err(p) => p.into_inner(),
-                };
-                d.handle(req)
+                apply(state, req)
             }
             Err(e) => Reply::Error(ApiError::new(
                 ErrorKind::BadRequest,
@@ -239,6 +237,33 @@ fn handle_conn(stream: UnixStream, state: &Mutex<Daemon>) {
         out.push(b'\n');
         if writer.write_all(&out).is_err() {
             return;
+        }
+    }
+}
+
+/// Applies one request. A port add is reserved under the lock, plumbed (netlink in the pod's
+/// namespace, the slow part) without it, and committed or rolled back under it again, so ADDs
+/// of different pods plumb in parallel. Interfaces of removed ports are deleted after the lock
+/// is released too, before the reply (a DEL's reply still means they are gone).
+fn apply(state: &Mutex<Daemon>, req: Request) -> Reply {
+    let (step, teardown) = {
+        let mut d = lock(state);
+        let step = d.begin(req);
+        (step, d.take_teardown())
+    };
+    teardown.run();
+    match step {
+        Step::Done(reply) => reply,
+        Step::Plumb(pending) => {
+            tracing::debug!(port = %pending.port_id(), "plumbing without the state lock");
+            let dev = pending.plumb();
+            let (reply, teardown) = {
+                let mut d = lock(state);
+                let reply = d.finish(pending, dev);
+                (reply, d.take_teardown())
+            };
+            teardown.run();
+            reply
         }
     }
 }

@@ -6,15 +6,33 @@
 
 use vswitch_config::{validate_name, Ipv4Net, NetworkConfig, RouteSpec};
 
-use super::ports::CniOwner;
+use super::ports::{CniOwner, PortPlan};
 use super::{err, Daemon, Port};
 use crate::control::ipam::{IpamError, Owner};
 use crate::control::netconf;
+use crate::dataplane::port::PortDev;
 use std::collections::HashSet;
 use vswitch_api::{
     ApiError, CniAdd, CniAddReply, CniAddr, CniAttachment, CniAttachmentId, CniCheckReply, CniGc,
     CniGcReply, CniIpam, ErrorKind, PortAdd, PortInfo,
 };
+
+/// What `cni_begin` made of an ADD.
+pub(super) enum CniStep {
+    /// A retried ADD of an attachment that exists: its result.
+    Done(Box<CniAddReply>),
+    /// Reserved: plumb, then `cni_finish`.
+    Plumb(Box<(PortPlan, CniCtx)>),
+}
+
+/// What a reserved CNI ADD did before plumbing (to answer, or to undo).
+pub(super) struct CniCtx {
+    id: String,
+    addrs: Vec<CniAddr>,
+    routes: Vec<RouteSpec>,
+    /// The addresses were assigned by this ADD (not by an earlier try of it).
+    fresh_alloc: bool,
+}
 
 impl Daemon {
     pub(super) fn cni_port_id(container_id: &str, ifname: &str) -> String {
@@ -29,9 +47,22 @@ impl Daemon {
             .filter(|p| owned_by(&p.info, network))
     }
 
-    /// CNI ADD: network on first use, addresses (durably assigned before any interface exists),
-    /// then the port. A failure undoes every step taken for this request.
+    /// CNI ADD in one go (see [`Daemon::cni_begin`]), for callers holding the daemon anyway.
     pub(super) fn cni_add(&mut self, r: CniAdd) -> Result<CniAddReply, ApiError> {
+        match self.cni_begin(r.clone())? {
+            CniStep::Done(reply) => Ok(*reply),
+            CniStep::Plumb(p) => {
+                let (plan, ctx) = *p;
+                let dev = plan.plumb();
+                self.cni_finish(&r, plan, ctx, dev)
+            }
+        }
+    }
+
+    /// CNI ADD, step 1 (under the lock): network on first use, addresses (durably assigned
+    /// before any interface exists), then the port's reservation. A failure undoes every step
+    /// taken for this request; a retried ADD of an attachment that exists is answered at once.
+    pub(super) fn cni_begin(&mut self, r: CniAdd) -> Result<CniStep, ApiError> {
         validate_name(&r.domain)
             .map_err(|m| err(ErrorKind::InvalidConfig, format!("domain: {m}")))?;
         let id = Self::cni_port_id(&r.container_id, &r.ifname);
@@ -51,11 +82,11 @@ impl Daemon {
                     })
                     .collect();
                 let routes = self.port_routes.get(&id).cloned().unwrap_or_default();
-                return Ok(CniAddReply {
+                return Ok(CniStep::Done(Box::new(CniAddReply {
                     port: info,
                     addrs,
                     routes,
-                });
+                })));
             }
             return Err(err(
                 ErrorKind::PortExists,
@@ -64,6 +95,14 @@ impl Daemon {
                     p.info.cni_network.as_deref().unwrap_or_default(),
                     p.info.network
                 ),
+            ));
+        }
+        // Checked before IPAM: an assignment for the same attachment would return the
+        // in-flight ADD's addresses, and undoing it would release them under that ADD.
+        if self.reserved.contains_key(&id) {
+            return Err(err(
+                ErrorKind::PortExists,
+                format!("attachment {id} is already being added"),
             ));
         }
         // Addresses first (durable), then the network they imply.
@@ -106,34 +145,30 @@ impl Daemon {
             CniIpam::Pools { request } => self.pool_cni_assign(&r, request)?,
             CniIpam::Fixed { addrs, routes } => (addrs.clone(), routes.clone(), false),
         };
-        let undo_alloc = |me: &mut Self| {
-            if fresh_alloc {
-                if let CniIpam::Pools { .. } = r.ipam {
-                    let _ = me.pool_cni_release(&r.domain, &r.container_id, &r.ifname);
-                } else {
-                    let _ = me
-                        .ipam
-                        .release(&r.domain, &r.network, &r.container_id, &r.ifname);
-                }
-            }
+        let ctx = CniCtx {
+            id: id.clone(),
+            addrs,
+            routes,
+            fresh_alloc,
         };
-        let Some(first) = addrs.first().copied() else {
-            undo_alloc(self);
+        let Some(first) = ctx.addrs.first().copied() else {
+            self.cni_undo(&r, &ctx);
             return Err(err(
                 ErrorKind::InvalidConfig,
                 "IPAM returned no IPv4 address",
             ));
         };
-        let mut created_network = false;
         if !self.networks.contains_key(&r.domain) {
-            let subnet = Ipv4Net::new(first.ip, first.prefix)
-                .map(|n| n.trunc())
-                .map_err(|e| {
-                    err(
+            let subnet = match Ipv4Net::new(first.ip, first.prefix) {
+                Ok(n) => n.trunc(),
+                Err(e) => {
+                    self.cni_undo(&r, &ctx);
+                    return Err(err(
                         ErrorKind::InvalidConfig,
                         format!("prefix /{}: {e}", first.prefix),
-                    )
-                })?;
+                    ));
+                }
+            };
             let mut conf = NetworkConfig::new(&r.domain, subnet);
             conf.gateway = first.gateway;
             conf.attach = r.attach.unwrap_or_default();
@@ -141,59 +176,94 @@ impl Daemon {
                 conf.mtu = Some(m);
             }
             if let Err(e) = conf.validate("") {
-                undo_alloc(self);
+                self.cni_undo(&r, &ctx);
                 return Err(err(ErrorKind::InvalidConfig, e.to_string()));
             }
             if let Err(e) = self.install_network(conf, true) {
-                undo_alloc(self);
+                self.cni_undo(&r, &ctx);
                 return Err(e);
             }
-            created_network = true;
+            // Provisional until a port of it is committed (see `cni_undo`).
+            self.provisional.insert(r.domain.clone());
+            // Persisted now, not at commit: concurrent ADDs may join the network while this
+            // one plumbs, and must find it after a restart even if this one fails.
+            if let Err(e) = self.persist_networks() {
+                self.cni_undo(&r, &ctx);
+                return Err(e);
+            }
         }
         let req = PortAdd {
-            id: Some(id.clone()),
+            id: Some(id),
             netns: r.netns.clone(),
             network: r.domain.clone(),
             ifname: r.ifname.clone(),
             mac: r.mac,
-            ips: addrs.iter().map(|a| a.ip).collect(),
-            routes: routes.clone(),
+            ips: ctx.addrs.iter().map(|a| a.ip).collect(),
+            routes: ctx.routes.clone(),
             attach: r.attach,
             router: false,
         };
-        let added = self
-            .port_add(
-                req,
-                Some(CniOwner {
-                    container_id: r.container_id.clone(),
-                    network: r.network.clone(),
-                    pod: r.pod.clone(),
-                }),
-            )
-            .and_then(|info| {
-                if created_network {
-                    self.persist_networks()?;
-                }
-                Ok(info)
-            });
-        match added {
+        let owner = CniOwner {
+            container_id: r.container_id.clone(),
+            network: r.network.clone(),
+            pod: r.pod.clone(),
+        };
+        match self.reserve_port(req, Some(owner)) {
+            Ok(plan) => Ok(CniStep::Plumb(Box::new((plan, ctx)))),
+            Err(e) => {
+                self.cni_undo(&r, &ctx);
+                Err(e)
+            }
+        }
+    }
+
+    /// CNI ADD, step 3 (under the lock again): commits the port and answers as a one-step ADD
+    /// would, or rolls back everything `cni_begin` did.
+    pub(super) fn cni_finish(
+        &mut self,
+        r: &CniAdd,
+        mut plan: PortPlan,
+        ctx: CniCtx,
+        dev: Result<PortDev, ApiError>,
+    ) -> Result<CniAddReply, ApiError> {
+        match self.commit_port(&mut plan, dev) {
             Ok(info) => {
-                self.port_routes.insert(id, routes.clone());
+                self.port_routes.insert(ctx.id.clone(), ctx.routes.clone());
                 Ok(CniAddReply {
                     port: info,
-                    addrs,
-                    routes,
+                    addrs: ctx.addrs,
+                    routes: ctx.routes,
                 })
             }
             Err(e) => {
-                if self.ports.contains_key(&id) {
-                    let _ = self.port_del(&id);
+                if self.ports.contains_key(&ctx.id) {
+                    let _ = self.port_del(&ctx.id);
                 }
-                undo_alloc(self);
-                if created_network {
-                    self.remove_network(&r.domain);
-                }
+                self.cni_undo(r, &ctx);
                 Err(e)
+            }
+        }
+    }
+
+    /// Undoes a failed ADD's IPAM assignment (a fresh one only: a retried ADD keeps what an
+    /// earlier one got) and a network created on first use: by this ADD, or by an ADD that
+    /// failed while this one was being plumbed into it. It stays while other ports, or ports
+    /// being added, use it (persisted already); the last failing ADD into it removes it, and
+    /// the first committed port makes it permanent.
+    fn cni_undo(&mut self, r: &CniAdd, ctx: &CniCtx) {
+        if ctx.fresh_alloc {
+            if let CniIpam::Pools { .. } = r.ipam {
+                let _ = self.pool_cni_release(&r.domain, &r.container_id, &r.ifname);
+            } else {
+                let _ = self
+                    .ipam
+                    .release(&r.domain, &r.network, &r.container_id, &r.ifname);
+            }
+        }
+        if self.provisional.contains(&r.domain) && self.network_users(&r.domain) == 0 {
+            self.remove_network(&r.domain);
+            if let Err(e) = self.persist_networks() {
+                tracing::warn!(network = %r.domain, "undo network on first use: {e}");
             }
         }
     }
@@ -204,6 +274,14 @@ impl Daemon {
     /// attachment's by the runtime's say, and leaving it would make the next ADD fail.
     pub(super) fn cni_del(&mut self, a: &CniAttachment) -> Result<(), ApiError> {
         let id = Self::cni_port_id(&a.container_id, &a.ifname);
+        if self.reserved.contains_key(&id) && !self.ports.contains_key(&id) {
+            // Its ADD is plumbing right now; releasing its addresses under it would hand them
+            // out twice. The runtime retries a failed DEL.
+            return Err(err(
+                ErrorKind::Unavailable,
+                format!("attachment {id} is being added; retry the DEL"),
+            ));
+        }
         let mut first_err = None;
         let live = self
             .cni_port(&a.network, &a.container_id, &a.ifname)
@@ -216,7 +294,9 @@ impl Daemon {
             }
             self.port_routes.remove(&id);
         }
-        if !self.ports.contains_key(&id) {
+        // A live port's interfaces go with its teardown (after the lock is released); only
+        // without one can an interface of that name be an orphan.
+        if !live && !self.ports.contains_key(&id) {
             if let Err(e) = self.remove_orphan(a) {
                 first_err.get_or_insert(e);
             }
@@ -248,7 +328,11 @@ impl Daemon {
         let claimed = self
             .ports
             .values()
-            .any(|p| p.netns == ns && p.info.ifname == a.ifname);
+            .any(|p| p.netns == ns && p.info.ifname == a.ifname)
+            || self
+                .reserved
+                .values()
+                .any(|r| netconf::netns_path(&r.info.netns) == ns && r.info.ifname == a.ifname);
         if claimed {
             return Ok(());
         }
@@ -327,6 +411,8 @@ impl Daemon {
                 .values()
                 .map(|p| &p.info)
                 .chain(self.gone.values())
+                // Being added: their addresses were just assigned.
+                .chain(self.reserved.values().map(|r| &r.info))
                 .filter(|i| i.network == r.domain)
                 .filter_map(|i| Some((i.container_id.clone()?, i.ifname.clone()))),
         );
@@ -371,4 +457,107 @@ pub(super) fn ipam_err(e: IpamError) -> ApiError {
         _ => ErrorKind::AddressConflict,
     };
     err(kind, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two-phase ADD through the public API (`begin` / `finish`), plumbing replaced by its
+    //! outcome: what a failed plumbing rolls back, and what a concurrent ADD sees meanwhile.
+    use super::super::Step;
+    use super::*;
+    use vswitch_api::{NetworkDel, Reply, Request};
+    use vswitch_config::cni::{IpamPlan, Range};
+    use vswitch_config::DaemonConfig;
+
+    fn add(cid: &str, requested: &[&str]) -> Request {
+        let subnet: Ipv4Net = "10.8.0.0/24".parse().unwrap();
+        Request::CniAdd(CniAdd {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/proc/self/ns/net".into(),
+            network: "n".into(),
+            domain: "dom".into(),
+            pod: None,
+            attach: None,
+            mtu: None,
+            mac: None,
+            ipam: CniIpam::Builtin {
+                plan: IpamPlan {
+                    range_sets: vec![vec![Range {
+                        subnet,
+                        start: "10.8.0.10".parse().unwrap(),
+                        end: "10.8.0.20".parse().unwrap(),
+                        gateway: "10.8.0.1".parse().unwrap(),
+                    }]],
+                    routes: Vec::new(),
+                },
+                requested: requested.iter().map(|i| i.parse().unwrap()).collect(),
+            },
+        })
+    }
+
+    fn error_kind(r: &Reply) -> Option<ErrorKind> {
+        match r {
+            Reply::Error(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+
+    fn failed() -> Result<PortDev, ApiError> {
+        Err(err(ErrorKind::System, "plumbing failed (test)"))
+    }
+
+    #[test]
+    fn failed_plumbing_rolls_back_addresses_and_the_network_on_first_use() {
+        let dir = std::env::temp_dir().join(format!("vswitch-cni2p-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = DaemonConfig {
+            state_dir: dir.clone(),
+            workers: 1,
+            ..Default::default()
+        };
+        let mut d = Daemon::start(cfg, "test").unwrap();
+        let Step::Plumb(a) = d.begin(add("a", &["10.8.0.15"])) else {
+            panic!("ADD a not reserved")
+        };
+        // Meanwhile: the same attachment again, and the same address for another one.
+        let Step::Done(again) = d.begin(add("a", &[])) else {
+            panic!("second ADD of a reserved")
+        };
+        assert_eq!(error_kind(&again), Some(ErrorKind::PortExists));
+        let Step::Done(same_ip) = d.begin(add("b", &["10.8.0.15"])) else {
+            panic!("ADD b with a's address reserved")
+        };
+        assert_eq!(error_kind(&same_ip), Some(ErrorKind::AddressConflict));
+        // Another attachment joins the network a created; the network is in use.
+        let Step::Plumb(c) = d.begin(add("c", &[])) else {
+            panic!("ADD c not reserved")
+        };
+        assert_eq!(d.ipam.allocations("dom").len(), 2);
+        let del = d.handle(Request::NetworkDel(NetworkDel { name: "dom".into() }));
+        assert_eq!(error_kind(&del), Some(ErrorKind::NetworkInUse));
+
+        // a fails: its address goes, the network stays (c is being added to it).
+        assert_eq!(error_kind(&d.finish(a, failed())), Some(ErrorKind::System));
+        assert_eq!(d.ipam.allocations("dom").len(), 1);
+        assert!(d.networks.contains_key("dom"));
+        // c fails too: the last ADD into the network a created on first use removes it.
+        assert_eq!(error_kind(&d.finish(c, failed())), Some(ErrorKind::System));
+        assert!(d.ipam.allocations("dom").is_empty());
+        assert!(d.reserved.is_empty() && d.ports.is_empty());
+        assert!(!d.networks.contains_key("dom"));
+
+        // Alone, a failed ADD removes the network it created, as it always did.
+        let Step::Plumb(e) = d.begin(add("e", &[])) else {
+            panic!("ADD e not reserved")
+        };
+        assert!(d.networks.contains_key("dom"));
+        let _ = d.finish(e, failed());
+        assert!(!d.networks.contains_key("dom"));
+        assert!(d.ipam.allocations("dom").is_empty());
+        let saved = std::fs::read_to_string(dir.join(super::super::NETWORKS_FILE)).unwrap();
+        assert!(!saved.contains("dom"), "networks.json: {saved}");
+        d.shutdown(false);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

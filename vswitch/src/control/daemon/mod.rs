@@ -36,6 +36,39 @@ mod views;
 
 use networks::{load_networks, NETWORKS_FILE};
 
+/// What [`Daemon::begin`] made of a request.
+pub enum Step {
+    /// Answered.
+    Done(Reply),
+    /// A port add, reserved: plumb it without the lock, then [`Daemon::finish`] it.
+    Plumb(Box<Pending>),
+}
+
+/// A reserved port add waiting for its plumbing.
+#[must_use = "finish it, or the reservation stays"]
+pub struct Pending {
+    plan: ports::PortPlan,
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    Port(vswitch_api::PortAdd),
+    Cni(Box<(vswitch_api::CniAdd, cni::CniCtx)>),
+}
+
+impl Pending {
+    /// Step 2: creates and configures the pod interface (netlink in the pod's namespace),
+    /// touching nothing of the daemon's.
+    pub fn plumb(&self) -> Result<PortDev, ApiError> {
+        self.plan.plumb()
+    }
+
+    /// The id of the port being added.
+    pub fn port_id(&self) -> &str {
+        self.plan.id()
+    }
+}
+
 struct Network {
     conf: NetworkConfig,
     idx: DomainIdx,
@@ -66,6 +99,16 @@ pub struct Daemon {
     ports: BTreeMap<String, Port>,
     /// Persisted ports whose interface was gone at start (shown by `port list` until removed).
     gone: BTreeMap<String, PortInfo>,
+    /// Ports being added, by id: reserved under the lock, plumbed without it, then committed
+    /// (or rolled back). Their id, IPs and MAC are taken, their network in use.
+    reserved: BTreeMap<String, restore::PortRecord>,
+    /// Networks created on first use by a CNI ADD into which no port has been committed yet:
+    /// the last failing ADD into one removes it (it exists only for those ADDs).
+    provisional: BTreeSet<String>,
+    /// Interfaces of removed ports, deleted once the lock is released (`take_teardown`).
+    teardown: Vec<ports::Unplumb>,
+    /// `ports.json`, written by one writer at a time, newest snapshot last.
+    ports_file: Arc<restore::PortsFile>,
     /// Set while `restore_ports` runs: `ports.json` is rewritten once at its end, never with a
     /// partial list.
     restoring: bool,
@@ -92,6 +135,9 @@ pub struct Daemon {
     /// Trace and capture sessions (see `observe`).
     trace: Arc<crate::observe::hub::TraceHub>,
     started: std::time::SystemTime,
+    /// The binary's build id (shown by `status`; given by the binary so that a new id relinks
+    /// only the binary).
+    build: String,
 }
 
 /// Where a peer's record came from.
@@ -132,8 +178,9 @@ fn sys_err(what: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Daemon {
-    /// Starts the workers and loads networks from the config and the state dir.
-    pub fn start(cfg: DaemonConfig) -> anyhow::Result<Daemon> {
+    /// Starts the workers and loads networks from the config and the state dir. `build` is the
+    /// binary's build id, answered to `ping` (`vswitchctl status`).
+    pub fn start(cfg: DaemonConfig, build: &str) -> anyhow::Result<Daemon> {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
@@ -156,6 +203,12 @@ impl Daemon {
             networks: BTreeMap::new(),
             ports: BTreeMap::new(),
             gone: BTreeMap::new(),
+            reserved: BTreeMap::new(),
+            provisional: BTreeSet::new(),
+            teardown: Vec::new(),
+            ports_file: Arc::new(restore::PortsFile::new(
+                cfg.state_dir.join(restore::PORTS_FILE),
+            )),
             restoring: false,
             workers,
             free_domains: BTreeSet::new(),
@@ -175,6 +228,7 @@ impl Daemon {
             remote_endpoints: BTreeMap::new(),
             trace,
             started: std::time::SystemTime::now(),
+            build: build.to_string(),
         };
         d.start_uplink()?;
         d.pools = Some(super::pools::PoolIpam::open(&cfg, d.node_name())?);
@@ -224,6 +278,7 @@ impl Daemon {
                 "pods keep their interfaces; the next start re-attaches them"
             );
         }
+        self.take_teardown().run();
         for w in std::mem::take(&mut self.workers) {
             w.shutdown();
         }
@@ -233,12 +288,68 @@ impl Daemon {
         }
     }
 
-    /// Answers one request; the reply's type is the request's (`vswitch_api::Call`).
+    /// Answers one request at once, port adds included (plumbed while `self` is held) and
+    /// removed ports' interfaces deleted before it returns. The control server uses
+    /// [`Daemon::begin`] instead, to plumb without the lock.
     pub fn handle(&mut self, req: Request) -> Reply {
+        let reply = match self.begin(req) {
+            Step::Done(reply) => reply,
+            Step::Plumb(p) => {
+                let dev = p.plumb();
+                self.finish(p, dev)
+            }
+        };
+        self.take_teardown().run();
+        reply
+    }
+
+    /// Step 1 of a request: a port add (`PortAdd`, `CniAdd`) is reserved and returned to be
+    /// plumbed without the lock ([`Pending::plumb`]) and then [`Daemon::finish`]ed; anything
+    /// else is answered at once. Either way, run [`Daemon::take_teardown`] after unlocking.
+    pub fn begin(&mut self, req: Request) -> Step {
+        match req {
+            Request::PortAdd(r) => match self.reserve_port(r.clone(), None) {
+                Ok(plan) => Step::Plumb(Box::new(Pending {
+                    plan,
+                    kind: PendingKind::Port(r),
+                })),
+                Err(e) => Step::Done(answer(r, |_| Err(e))),
+            },
+            Request::CniAdd(r) => match self.cni_begin(r.clone()) {
+                Ok(cni::CniStep::Done(reply)) => Step::Done(answer(r, |_| Ok(*reply))),
+                Ok(cni::CniStep::Plumb(p)) => {
+                    let (plan, ctx) = *p;
+                    Step::Plumb(Box::new(Pending {
+                        plan,
+                        kind: PendingKind::Cni(Box::new((r, ctx))),
+                    }))
+                }
+                Err(e) => Step::Done(answer(r, |_| Err(e))),
+            },
+            other => Step::Done(self.dispatch(other)),
+        }
+    }
+
+    /// Step 3 of a port add: commits the plumbed device (or rolls the reservation back if
+    /// plumbing failed or committing does) and answers.
+    pub fn finish(&mut self, p: Box<Pending>, dev: Result<PortDev, ApiError>) -> Reply {
+        let Pending { mut plan, kind } = *p;
+        match kind {
+            PendingKind::Port(r) => answer(r, |_| self.commit_port(&mut plan, dev)),
+            PendingKind::Cni(c) => {
+                let (r, ctx) = *c;
+                answer(r, |r| self.cni_finish(&r, plan, ctx, dev))
+            }
+        }
+    }
+
+    /// Every request but the port adds, answered under the lock.
+    fn dispatch(&mut self, req: Request) -> Reply {
         match req {
             Request::Ping(r) => answer(r, |_| {
                 Ok(PingReply {
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    build: self.build.clone(),
                     workers: self.workers.len(),
                     io: self
                         .workers
@@ -251,6 +362,7 @@ impl Daemon {
             Request::NetworkAdd(r) => answer(r, |r| self.network_add(r)),
             Request::NetworkDel(r) => answer(r, |r| self.network_del(r)),
             Request::PortAdd(r) => answer(r, |r| self.port_add(r, None)),
+            Request::CniAdd(r) => answer(r, |r| self.cni_add(r)),
             Request::PortDel(r) => answer(r, |r| self.port_del(&r.id).map(|_| Done {})),
             Request::PortList(r) => answer(r, |_| {
                 Ok(self
@@ -269,7 +381,6 @@ impl Daemon {
                 ))
             }),
             Request::Inject(r) => answer(r, |r| self.inject(&r)),
-            Request::CniAdd(r) => answer(r, |r| self.cni_add(r)),
             Request::CniDel(r) => answer(r, |r| self.cni_del(&r.0).map(|_| Done {})),
             Request::CniCheck(r) => answer(r, |r| self.cni_check(&r.0)),
             Request::CniGc(r) => answer(r, |r| self.cni_gc(&r)),

@@ -42,11 +42,7 @@ impl Daemon {
                 format!("unknown network {name:?}"),
             )
         })?;
-        let users = self
-            .ports
-            .values()
-            .filter(|p| p.info.network == name)
-            .count();
+        let users = self.network_users(&name);
         if users > 0 {
             return Err(err(
                 ErrorKind::NetworkInUse,
@@ -65,6 +61,16 @@ impl Daemon {
         }
         tracing::info!(network = %name, "network removed");
         Ok(Done {})
+    }
+
+    /// Ports of network `name`, and those being added to it.
+    pub(super) fn network_users(&self, name: &str) -> usize {
+        self.ports
+            .values()
+            .map(|p| &p.info)
+            .chain(self.reserved.values().map(|r| &r.info))
+            .filter(|i| i.network == name)
+            .count()
     }
 
     pub(super) fn network_info(&self, n: &Network) -> NetworkInfo {
@@ -149,6 +155,7 @@ impl Daemon {
     }
 
     pub(super) fn remove_network(&mut self, name: &str) -> Option<Network> {
+        self.provisional.remove(name);
         let n = self.networks.remove(name)?;
         if n.conf.kind == NetworkKind::L3 && n.conf.spans_nodes() {
             for b in &n.conf.blocks {

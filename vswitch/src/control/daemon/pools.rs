@@ -24,9 +24,11 @@ impl Daemon {
     fn pool_live_handles(&self) -> BTreeSet<String> {
         self.ports
             .values()
-            .filter_map(|p| {
-                let c = p.info.container_id.as_ref()?;
-                Some(handle_of(&p.info.network, c, &p.info.ifname))
+            .map(|p| &p.info)
+            .chain(self.reserved.values().map(|r| &r.info))
+            .filter_map(|i| {
+                let c = i.container_id.as_ref()?;
+                Some(handle_of(&i.network, c, &i.ifname))
             })
             .collect()
     }

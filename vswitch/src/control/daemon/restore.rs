@@ -7,7 +7,9 @@
 //! interface is gone is not forwarded for, shown as `gone` in `port list` and logged, and its
 //! leftovers (a host veth end) are removed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -22,17 +24,54 @@ use crate::dataplane::worker::Command;
 
 pub(super) const PORTS_FILE: &str = "ports.json";
 
-/// What a port needs to be re-attached exactly as it was.
+/// What a port needs to be re-attached exactly as it was (also what a reservation holds while
+/// its interface is being plumbed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PortRecord {
-    info: PortInfo,
+pub(super) struct PortRecord {
+    pub(super) info: PortInfo,
     #[serde(default)]
-    router: bool,
+    pub(super) router: bool,
     #[serde(default)]
-    routes: Vec<RouteSpec>,
+    pub(super) routes: Vec<RouteSpec>,
     /// Tap offloads as opened (the network's `offloads`).
     #[serde(default = "yes")]
-    offloads: bool,
+    pub(super) offloads: bool,
+}
+
+/// `ports.json` and its one writer at a time. Several ADDs plumb at once, each with its record
+/// being written on a thread of its own, so writes can finish out of order: each snapshot gets
+/// a generation (taken under the daemon lock, with the snapshot), and a snapshot older than
+/// the one already on disk is not written (the newer one holds every port of the older that
+/// still exists or is still being added). The file then always ends at the latest state.
+pub(super) struct PortsFile {
+    path: PathBuf,
+    next: AtomicU64,
+    written: Mutex<u64>,
+}
+
+impl PortsFile {
+    pub(super) fn new(path: PathBuf) -> PortsFile {
+        PortsFile {
+            path,
+            next: AtomicU64::new(1),
+            written: Mutex::new(0),
+        }
+    }
+
+    /// The generation of a snapshot taken now (call under the daemon lock, with the snapshot).
+    fn generation(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn write(&self, generation: u64, records: &[PortRecord]) -> Result<(), ApiError> {
+        let mut last = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if *last > generation {
+            return Ok(());
+        }
+        write_records(&self.path, records)?;
+        *last = generation;
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -68,27 +107,18 @@ impl Daemon {
         if self.restoring {
             return Ok(());
         }
-        write_records(&self.cfg.state_dir.join(PORTS_FILE), &self.records())
+        let generation = self.ports_file.generation();
+        self.ports_file.write(generation, &self.records())
     }
 
-    /// Like [`Daemon::persist_ports`] with one more port (being added), on a thread of its own
-    /// so the fsyncs overlap with plumbing; join it before the ADD returns.
-    pub(super) fn spawn_persist(
-        &self,
-        info: &PortInfo,
-        router: bool,
-        routes: &[RouteSpec],
-        offloads: bool,
-    ) -> std::thread::JoinHandle<Result<(), ApiError>> {
-        let mut records = self.records();
-        records.push(PortRecord {
-            info: info.clone(),
-            router,
-            routes: routes.to_vec(),
-            offloads,
-        });
-        let path = self.cfg.state_dir.join(PORTS_FILE);
-        std::thread::spawn(move || write_records(&path, &records))
+    /// Like [`Daemon::persist_ports`] (reservations included: call it once the port being added
+    /// is reserved), on a thread of its own so the fsyncs overlap with plumbing; join it before
+    /// the ADD returns.
+    pub(super) fn spawn_persist(&self) -> std::thread::JoinHandle<Result<(), ApiError>> {
+        let records = self.records();
+        let file = Arc::clone(&self.ports_file);
+        let generation = file.generation();
+        std::thread::spawn(move || file.write(generation, &records))
     }
 
     fn records(&self) -> Vec<PortRecord> {
@@ -112,6 +142,9 @@ impl Daemon {
                 routes: Vec::new(),
                 offloads: true,
             }))
+            // Ports being plumbed: on disk before their ADD returns (a record whose interface
+            // never came to be is reconciled as gone at the next start).
+            .chain(self.reserved.values().cloned())
             .collect()
     }
 
@@ -152,6 +185,8 @@ impl Daemon {
             }
         }
         self.restoring = false;
+        // Ports that failed to install after reopening were removed: their links go now.
+        self.take_teardown().run();
         self.persist_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Each port announced itself as it came back, before the ports after it existed: once
         // more now, so every pod (whose neighbour entries a tap's carrier loss flushed) learns
@@ -214,6 +249,34 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Snapshots written out of order (their threads finish in any order): an older one never
+    /// replaces a newer one on disk.
+    #[test]
+    fn older_snapshot_never_overwrites_a_newer_one() {
+        let dir = std::env::temp_dir().join(format!("vswitch-portsfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = PortsFile::new(dir.join(PORTS_FILE));
+        let rec = |id: &str| -> PortRecord {
+            let text = format!(
+                r#"{{"info": {{"id": "{id}", "network": "n", "netns": "p", "ifname": "e",
+                "host_ifname": "e", "attach": "tap", "mac": "02:00:00:00:00:01", "ips": [],
+                "mtu": 1500, "worker": 0}}}}"#
+            );
+            serde_json::from_str(&text).unwrap()
+        };
+        let (g1, g2) = (f.generation(), f.generation());
+        f.write(g2, &[rec("a"), rec("b")]).unwrap();
+        f.write(g1, &[rec("a")]).unwrap();
+        let on_disk: Vec<PortRecord> =
+            serde_json::from_slice(&std::fs::read(dir.join(PORTS_FILE)).unwrap()).unwrap();
+        assert_eq!(on_disk.len(), 2);
+        let g3 = f.generation();
+        f.write(g3, &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(PORTS_FILE)).unwrap(), "[]");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A record with only the port's info (as a minimal or older writer leaves it) reads back
     /// with the defaults a re-attach needs: not a router, no routes, offloads on, state `up`.
