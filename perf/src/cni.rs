@@ -34,10 +34,8 @@ fn call(
     conf: &Value,
 ) -> Result<f64> {
     check_interrupt()?;
-    let t0 = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node])
-        .arg(plugin)
+    let mut command = Command::new(plugin);
+    command
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", cid)
         .env("CNI_NETNS", netns)
@@ -45,9 +43,17 @@ fn call(
         .env("CNI_PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {}", plugin.display()))?;
+        .stderr(Stdio::piped());
+    // Exec'd straight into the node's network namespace, as a runtime on the node execs it:
+    // a thread that joined the namespace spawns it (a child starts in its parent thread's
+    // namespaces). `ip netns exec` would add a mount namespace and a sysfs remount, about
+    // 3 ms per call, that no runtime pays.
+    let (t0, spawned) =
+        vswitch::sys::netns::run_in_netns(&Path::new("/run/netns").join(node), move || {
+            (Instant::now(), command.spawn())
+        })
+        .with_context(|| format!("enter netns {node}"))?;
+    let mut child = spawned.with_context(|| format!("spawn {}", plugin.display()))?;
     child
         .stdin
         .take()

@@ -42,11 +42,20 @@ pub fn spawn_workers(
         .collect()
 }
 
+/// A tap created inside a pod's namespace, and a netlink socket of that namespace to configure
+/// it with, opened by the same short-lived thread (one namespace entry per ADD, not two).
+pub struct PodTap {
+    pub dev: Result<PortDev, TapError>,
+    pub netlink: Result<crate::control::netlink::Netlink, crate::control::netlink::NetlinkError>,
+}
+
 /// Creates tap `name` inside the network namespace at `netns` (no device move needed later).
-pub fn open_tap(netns: &Path, name: &str, offloads: bool) -> io::Result<Result<PortDev, TapError>> {
+pub fn open_tap(netns: &Path, name: &str, offloads: bool) -> io::Result<PodTap> {
     let name = name.to_string();
     crate::sys::netns::run_in_netns(netns, move || {
-        Tap::create(&name, offloads).map(|t| PortDev::Tap(Arc::new(t)))
+        let dev = Tap::create(&name, offloads).map(|t| PortDev::Tap(Arc::new(t)));
+        let netlink = crate::control::netlink::Netlink::open();
+        PodTap { dev, netlink }
     })
 }
 

@@ -62,8 +62,12 @@ fn index_of(nl: &mut Netlink, name: &str) -> Result<u32, NetconfError> {
 /// Configures link `tmp_name`, created inside `netns`: final name, MAC and MTU in one request
 /// (the link is still down), then addresses, up, routes. Stops at the first failing step.
 pub fn configure_in(netns: &Path, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
-    let mut nl = Netlink::open_in(netns)?;
-    let idx = index_of(&mut nl, c.tmp_name)?;
+    configure(&mut Netlink::open_in(netns)?, c)
+}
+
+/// [`configure_in`] on a netlink socket already open in the pod's namespace.
+pub fn configure(nl: &mut Netlink, c: &PodIfConfig<'_>) -> Result<(), NetconfError> {
+    let idx = index_of(nl, c.tmp_name)?;
     nl.set_link(
         idx,
         Some(c.ifname),

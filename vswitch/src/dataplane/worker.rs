@@ -204,6 +204,17 @@ impl WorkerHandle {
             .map_err(|_| io::Error::other(format!("worker {} did not answer in 5 s", self.id)))
     }
 
+    /// Like [`WorkerHandle::call`] without waiting for the worker to have carried it out: for
+    /// commands whose effect nothing waits on (a new port's gratuitous ARP).
+    pub fn post(&self, cmd: Command) -> io::Result<()> {
+        let (ack_tx, _) = mpsc::channel();
+        self.tx
+            .send((cmd, ack_tx))
+            .map_err(|_| io::Error::other(format!("worker {} has stopped", self.id)))?;
+        self.wake.notify();
+        Ok(())
+    }
+
     pub fn shutdown(mut self) {
         let _ = self.call(Command::Shutdown);
         if let Some(t) = self.thread.take() {

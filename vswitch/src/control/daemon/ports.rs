@@ -384,7 +384,7 @@ impl Daemon {
             return Err(e);
         }
         if let Some(w) = self.workers.get(owner) {
-            let _ = w.call(Command::Announce { idx });
+            let _ = w.post(Command::Announce { idx });
         }
         Ok(info)
     }
@@ -570,15 +570,18 @@ impl PortPlan {
         match i.attach {
             AttachKind::Tap => {
                 // Created inside the pod's namespace: no device move needed afterwards.
-                let tap = device::open_tap(ns, &self.pod_tmp, self.offloads)
-                    .map_err(|e| {
-                        err(
-                            ErrorKind::NetnsNotFound,
-                            format!("enter netns {:?}: {e}", i.netns),
-                        )
-                    })
-                    .and_then(|t| t.map_err(|e| sys_err("create tap", e)))?;
-                match netconf::configure_in(ns, &pod_if) {
+                let pod = device::open_tap(ns, &self.pod_tmp, self.offloads).map_err(|e| {
+                    err(
+                        ErrorKind::NetnsNotFound,
+                        format!("enter netns {:?}: {e}", i.netns),
+                    )
+                })?;
+                let tap = pod.dev.map_err(|e| sys_err("create tap", e))?;
+                let configured = pod
+                    .netlink
+                    .map_err(netconf::NetconfError::from)
+                    .and_then(|mut nl| netconf::configure(&mut nl, &pod_if));
+                match configured {
                     Ok(()) => Ok(tap),
                     // Closing the fd removes the (not yet persistent) tap wherever it is.
                     Err(e) => Err(pod_if_err(&i.ifname, &i.netns, e)),
