@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod cni;
 pub mod runtimes;
 pub mod topo;
 pub mod transfer;

@@ -9,52 +9,16 @@
 //!   wins, the other fails with "address unavailable" and leaves nothing behind.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vswitch_lab::cni::{self, Outcome};
 use vswitch_lab::topo;
-use vswitch_lab::{bin, require_root, Daemon, Lab};
+use vswitch_lab::{require_root, Daemon, Lab};
 
-const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
 /// CNI error code for a requested address that is taken (the plugin's `ADDRESS_UNAVAILABLE`).
 const ADDRESS_UNAVAILABLE: u64 = 101;
 const PODS: usize = 16;
-
-struct Outcome {
-    ok: bool,
-    out: Value,
-    stderr: String,
-}
-
-fn cni(cmd: &str, cid: &str, netns: &str, conf: &Value) -> Outcome {
-    let mut c = Command::new(bin("vswitch"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", format!("/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", CNI_PATH)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    Outcome {
-        ok: o.status.success(),
-        out: serde_json::from_str(&text).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&o.stderr).to_string(),
-    }
-}
 
 /// A bridge-style config on bridge `bridge` (the daemon's domain, created on first use).
 fn conf(d: &Daemon, bridge: &str, subnet: &str, attach: &str, extra: Value) -> Value {
@@ -121,7 +85,7 @@ fn parallel_adds_and_dels_of_many_pods() {
         let handles: Vec<_> = (0..PODS)
             .map(|i| {
                 let (ns, c) = (&pods[i], &confs[i]);
-                s.spawn(move || cni("ADD", &format!("cid-{i}"), ns, c))
+                s.spawn(move || cni::call("ADD", &format!("cid-{i}"), ns, c))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -183,7 +147,7 @@ fn parallel_adds_and_dels_of_many_pods() {
         let handles: Vec<_> = (0..PODS)
             .map(|i| {
                 let (ns, c) = (&pods[i], &confs[i]);
-                s.spawn(move || cni("DEL", &format!("cid-{i}"), ns, c))
+                s.spawn(move || cni::call("DEL", &format!("cid-{i}"), ns, c))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -245,8 +209,8 @@ fn same_ip_race(test: &str, bridge: &str, subnet: &str, ip: &str, ipam: Option<V
     let ca = conf_for("tap", "02:00:00:00:aa:01");
     let cb = conf_for("af_packet", "02:00:00:00:bb:01");
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| cni("ADD", "cid-a", &qa, &ca));
-        let b = s.spawn(|| cni("ADD", "cid-b", &qb, &cb));
+        let a = s.spawn(|| cni::call("ADD", "cid-a", &qa, &ca));
+        let b = s.spawn(|| cni::call("ADD", "cid-b", &qb, &cb));
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!(

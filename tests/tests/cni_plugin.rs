@@ -4,48 +4,12 @@
 //! `kill -9` in the middle of a burst of ADDs, and bad inputs (right error code, nothing changed).
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vswitch_lab::{bin, require_root, run, Daemon, Lab};
-
-/// Outcome of one plugin invocation: exit success and the JSON it printed (result or error).
-struct Outcome {
-    ok: bool,
-    out: Value,
-    stderr: String,
-}
-
-fn cni(cmd: &str, env: &[(&str, &str)], stdin: &str) -> Outcome {
-    let mut c = Command::new(bin("vswitch"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    Outcome {
-        ok: o.status.success(),
-        out: serde_json::from_str(&text).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&o.stderr).to_string(),
-    }
-}
-
-const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
+use vswitch_lab::cni::{self, Outcome, CNI_PATH};
+use vswitch_lab::{require_root, run, Daemon, Lab};
 
 /// The delegate config Multus builds from a NAD plus its runtimeConfig.
 fn conf(d: &Daemon, version: &str, domain: &str, extra: Value) -> Value {
@@ -78,17 +42,12 @@ fn multus_env(cid: &str, netns: &str, ifname: &str, pod: &str) -> Vec<(&'static 
     ]
 }
 
-fn call(cmd: &str, env: &[(&str, String)], stdin: &Value) -> Outcome {
-    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    cni(cmd, &e, &stdin.to_string())
-}
-
 /// Starts one ADD per pod namespace in parallel (container ids `PREFIX-i`, ifname eth0), the
 /// i-th after `i * stagger_ms` ms.
 fn spawn_adds<'scope>(
     s: &'scope std::thread::Scope<'scope, '_>,
     pods: &'scope [String],
-    conf: &'scope str,
+    conf: &'scope Value,
     prefix: &'scope str,
     stagger_ms: u64,
 ) -> Vec<std::thread::ScopedJoinHandle<'scope, Outcome>> {
@@ -97,18 +56,7 @@ fn spawn_adds<'scope>(
         .map(|(i, p)| {
             s.spawn(move || {
                 std::thread::sleep(Duration::from_millis(stagger_ms * i as u64));
-                let cid = format!("{prefix}-{i}");
-                let nsp = ns_path(p);
-                cni(
-                    "ADD",
-                    &[
-                        ("CNI_CONTAINERID", &cid),
-                        ("CNI_NETNS", &nsp),
-                        ("CNI_IFNAME", "eth0"),
-                        ("CNI_PATH", CNI_PATH),
-                    ],
-                    conf,
-                )
+                cni::call("ADD", &format!("{prefix}-{i}"), p, conf)
             })
         })
         .collect()
@@ -144,7 +92,7 @@ fn multus_delegate_add_check_status_gc_del() {
         json!({"runtimeConfig": {"ips": ["192.168.1.205/24"], "mac": "02:00:00:00:02:05"}}),
     );
     let env_a = multus_env("cid-a", &ns_path(&pa), "net1", "pod-a");
-    let add_a = call("ADD", &env_a, &ca);
+    let add_a = cni::plugin("ADD", &env_a, &ca.to_string());
     assert!(
         add_a.ok,
         "ADD a: {} {}\n{}",
@@ -165,7 +113,7 @@ fn multus_delegate_add_check_status_gc_del() {
     // Pod B: dynamic IP from the range, result in an old spec version.
     let cb = conf(&d, "0.3.1", "tenant-a", json!({}));
     let env_b = multus_env("cid-b", &ns_path(&pb), "net1", "pod-b");
-    let add_b = call("ADD", &env_b, &cb);
+    let add_b = cni::plugin("ADD", &env_b, &cb.to_string());
     assert!(add_b.ok, "ADD b: {} {}", add_b.out, add_b.stderr);
     assert_eq!(
         add_b.out["ips"][0]["version"], "4",
@@ -192,25 +140,25 @@ fn multus_delegate_add_check_status_gc_del() {
     // CHECK passes against prevResult, and fails once the pod's state drifts.
     let mut chk = ca.clone();
     chk["prevResult"] = add_a.out.clone();
-    let c1 = call("CHECK", &env_a, &chk);
+    let c1 = cni::plugin("CHECK", &env_a, &chk.to_string());
     assert!(c1.ok, "CHECK: {} {}", c1.out, c1.stderr);
     lab.exec_ok(
         &pa,
         &["ip", "addr", "del", "192.168.1.205/24", "dev", "net1"],
     )
     .unwrap();
-    let c2 = call("CHECK", &env_a, &chk);
+    let c2 = cni::plugin("CHECK", &env_a, &chk.to_string());
     assert!(!c2.ok);
     assert_eq!(c2.out["code"], 103, "{}", c2.out);
 
     // STATUS: fine while the daemon runs.
-    let st = call("STATUS", &[], &ca);
+    let st = cni::plugin("STATUS", &[], &ca.to_string());
     assert!(st.ok, "STATUS: {} {}", st.out, st.stderr);
 
     // GC with only pod A valid removes pod B's interface and releases its address.
     let mut gc = ca.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "cid-a", "ifname": "net1"}]);
-    let g = call("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc);
+    let g = cni::plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc.to_string());
     assert!(g.ok, "GC: {} {}", g.out, g.stderr);
     assert!(
         lab.exec(&pb, &["ip", "link", "show", "net1"])
@@ -226,19 +174,23 @@ fn multus_delegate_add_check_status_gc_del() {
     // DEL after the pod's netns is gone: succeeds, releases the IP; repeating it succeeds too.
     run(Command::new("ip").args(["netns", "del", &pa])).unwrap();
     for _ in 0..2 {
-        let del = call("DEL", &env_a, &ca);
+        let del = cni::plugin("DEL", &env_a, &ca.to_string());
         assert!(del.ok, "DEL: {} {}", del.out, del.stderr);
     }
     assert!(allocations(&d, "tenant-a").is_empty());
     // DEL with no prevResult, for an attachment the daemon never saw.
-    let del = call("DEL", &multus_env("never", "", "net1", "x"), &cb);
+    let del = cni::plugin(
+        "DEL",
+        &multus_env("never", "", "net1", "x"),
+        &cb.to_string(),
+    );
     assert!(del.ok, "DEL unknown: {} {}", del.out, del.stderr);
     // The static IP is free again.
     let pc = lab.netns("pc").unwrap();
-    let again = call(
+    let again = cni::plugin(
         "ADD",
         &multus_env("cid-c", &ns_path(&pc), "net1", "pod-c"),
-        &ca,
+        &ca.to_string(),
     );
     assert!(
         again.ok,
@@ -248,7 +200,7 @@ fn multus_delegate_add_check_status_gc_del() {
 
     // STATUS reports 50 once the daemon is gone.
     lab.stop(d.pid());
-    let st = call("STATUS", &[], &ca);
+    let st = cni::plugin("STATUS", &[], &ca.to_string());
     assert!(!st.ok);
     assert_eq!(st.out["code"], 50, "{}", st.out);
 }
@@ -265,7 +217,7 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
     let p2 = lab.netns("p2").unwrap();
     let base = conf(&d, "1.0.0", "tenant-b", json!({}));
     let env1 = multus_env("c1", &ns_path(&p1), "net1", "p1");
-    let first = call(
+    let first = cni::plugin(
         "ADD",
         &env1,
         &conf(
@@ -273,14 +225,14 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
             "1.0.0",
             "tenant-b",
             json!({"runtimeConfig": {"ips": ["192.168.1.150"]}}),
-        ),
+        )
+        .to_string(),
     );
     assert!(first.ok, "{} {}", first.out, first.stderr);
     let ports_before = d.ctl_json(&["port", "list"]).unwrap();
     let allocs_before = allocations(&d, "tenant-b");
 
-    let env2 = multus_env("c2", &ns_path(&p2), "net1", "p2");
-    let e: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let e = multus_env("c2", &ns_path(&p2), "net1", "p2");
     let static_ip = |ip: &str| {
         conf(
             &d,
@@ -294,12 +246,12 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
     unknown_ipam["ipam"] = json!({"type": "no-such-ipam"});
     let mut bad_version = base.clone();
     bad_version["cniVersion"] = json!("0.9.9");
-    let no_netns: Vec<(&str, &str)> = e
+    let no_netns: Vec<(&str, String)> = e
         .iter()
-        .copied()
         .filter(|(k, _)| *k != "CNI_NETNS")
+        .cloned()
         .collect();
-    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String, u64);
     let cases: Vec<Case> = vec![
         (
             "malformed JSON",
@@ -321,7 +273,7 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
         ("unknown ipam type", e.clone(), unknown_ipam.to_string(), 7),
     ];
     for (what, env, stdin, code) in cases {
-        let o = cni("ADD", &env, &stdin);
+        let o = cni::plugin("ADD", &env, &stdin);
         assert!(!o.ok, "{what}: expected failure, got {}", o.out);
         assert_eq!(o.out["code"].as_u64(), Some(code), "{what}: {}", o.out);
         assert!(
@@ -358,7 +310,7 @@ fn twenty_concurrent_adds_then_dels() {
     let pods: Vec<String> = (0..20)
         .map(|i| lab.netns(&format!("c{i}")).unwrap())
         .collect();
-    let c = conf(&d, "1.0.0", "burst", json!({})).to_string();
+    let c = conf(&d, "1.0.0", "burst", json!({}));
     let outs: Vec<Outcome> = std::thread::scope(|s| {
         let hs = spawn_adds(s, &pods, &c, "burst", 0);
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -371,18 +323,7 @@ fn twenty_concurrent_adds_then_dels() {
     assert_eq!(ips.len(), 20, "20 distinct IPs: {ips:?}");
     assert_eq!(allocations(&d, "burst").len(), 20);
     for (i, p) in pods.iter().enumerate() {
-        let cid = format!("burst-{i}");
-        let nsp = ns_path(p);
-        let o = cni(
-            "DEL",
-            &[
-                ("CNI_CONTAINERID", &cid),
-                ("CNI_NETNS", &nsp),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", CNI_PATH),
-            ],
-            &c,
-        );
+        let o = cni::call("DEL", &format!("burst-{i}"), p, &c);
         assert!(o.ok, "DEL: {} {}", o.out, o.stderr);
     }
     assert!(
@@ -403,7 +344,7 @@ fn kill_9_during_add_burst_leaves_no_duplicate_and_no_leak_after_gc() {
     let pods: Vec<String> = (0..20)
         .map(|i| lab.netns(&format!("k{i}")).unwrap())
         .collect();
-    let c = conf(&d, "1.1.0", "crash", json!({})).to_string();
+    let c = conf(&d, "1.1.0", "crash", json!({}));
     let pid = d.pid();
     let outs: Vec<Outcome> = std::thread::scope(|s| {
         let hs = spawn_adds(s, &pods, &c, "crash", 15);
@@ -461,13 +402,13 @@ fn kill_9_during_add_burst_leaves_no_duplicate_and_no_leak_after_gc() {
         );
     }
     // GC with the attachments the runtime knows (the successful ADDs) leaves exactly those.
-    let mut gc: Value = serde_json::from_str(&c).unwrap();
+    let mut gc = c.clone();
     gc["socket"] = json!(d2.socket.display().to_string());
     gc["cni.dev/valid-attachments"] = json!(succeeded
         .iter()
         .map(|i| json!({"containerID": format!("crash-{i}"), "ifname": "eth0"}))
         .collect::<Vec<_>>());
-    let g = call("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc);
+    let g = cni::plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc.to_string());
     assert!(g.ok, "GC: {} {}", g.out, g.stderr);
     let after = allocations(&d2, "crash");
     assert_eq!(
@@ -497,9 +438,17 @@ fn delegated_host_local_ipam() {
                  "ranges": [[{"subnet": "10.44.0.0/24", "rangeStart": "10.44.0.10", "rangeEnd": "10.44.0.20"}]],
                  "routes": [{"dst": "0.0.0.0/0"}]}
     });
-    let a = call("ADD", &multus_env("h1", &ns_path(&p1), "eth0", "h1"), &c);
+    let a = cni::plugin(
+        "ADD",
+        &multus_env("h1", &ns_path(&p1), "eth0", "h1"),
+        &c.to_string(),
+    );
     assert!(a.ok, "{} {}", a.out, a.stderr);
-    let b = call("ADD", &multus_env("h2", &ns_path(&p2), "eth0", "h2"), &c);
+    let b = cni::plugin(
+        "ADD",
+        &multus_env("h2", &ns_path(&p2), "eth0", "h2"),
+        &c.to_string(),
+    );
     assert!(b.ok, "{} {}", b.out, b.stderr);
     let ip_b = b.out["ips"][0]["address"]
         .as_str()
@@ -518,7 +467,11 @@ fn delegated_host_local_ipam() {
             .any(|n| n["name"] == "br-hl" && n["subnet"] == "10.44.0.0/24"),
         "{nets}"
     );
-    let del = call("DEL", &multus_env("h2", &ns_path(&p2), "eth0", "h2"), &c);
+    let del = cni::plugin(
+        "DEL",
+        &multus_env("h2", &ns_path(&p2), "eth0", "h2"),
+        &c.to_string(),
+    );
     assert!(del.ok, "{} {}", del.out, del.stderr);
     // host-local released the address: its reservation file is gone.
     let reserved = std::fs::read_dir(data_dir.join("hl"))

@@ -11,48 +11,13 @@
 //! - `K8S_POD_NAMESPACE`/`K8S_POD_NAME` are shown by `ipam show` and `port list`;
 //! - state files are mode 0600.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vswitch_lab::{bin, frame_src_mac, require_root, run, show_lines, Daemon, Lab};
-
-struct Outcome {
-    ok: bool,
-    out: Value,
-    stderr: String,
-}
-
-const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
-
-fn cni(cmd: &str, env: &[(&str, String)], stdin: &Value) -> Outcome {
-    let mut c = Command::new(bin("vswitch"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    Outcome {
-        ok: o.status.success(),
-        out: serde_json::from_str(&text).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&o.stderr).to_string(),
-    }
-}
+use vswitch_lab::cni::{self, CNI_PATH};
+use vswitch_lab::{frame_src_mac, require_root, run, show_lines, Daemon, Lab};
 
 /// The environment a kubelet runtime (through Multus) gives a delegate.
 fn env(cid: &str, netns: &str, ifname: &str, pod: &str) -> Vec<(&'static str, String)> {
@@ -91,7 +56,7 @@ fn ns_path(ns: &str) -> String {
 }
 
 fn add_ok(d: &Daemon, cmd_env: &[(&str, String)], c: &Value) -> Value {
-    let o = cni("ADD", cmd_env, c);
+    let o = cni::plugin("ADD", cmd_env, &c.to_string());
     assert!(
         o.ok,
         "ADD {}: {} {}\n{}",
@@ -150,7 +115,7 @@ fn gc_of_one_network_never_removes_another_networks_pods_on_a_shared_bridge() {
     // GC for net-a, whose valid attachments are only its own (a): a2 goes, b stays.
     let mut gc = ca.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "cid-a", "ifname": "net1"}]);
-    let g = cni("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc);
+    let g = cni::plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc.to_string());
     assert!(g.ok, "GC: {} {}", g.out, g.stderr);
     assert!(
         !has_link(&lab, &pa2, "net1"),
@@ -181,11 +146,11 @@ fn gc_of_one_network_never_removes_another_networks_pods_on_a_shared_bridge() {
     // An empty valid list for net-a: its last pod goes, net-b's still stays.
     let mut gc = ca.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
-    assert!(cni("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc).ok);
+    assert!(cni::plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc.to_string()).ok);
     assert!(!has_link(&lab, &pa, "net1"));
     assert!(has_link(&lab, &pb, "net1"));
     // DEL and CHECK through the wrong network name do not touch b either.
-    let del = cni("DEL", &eb, &ca);
+    let del = cni::plugin("DEL", &eb, &ca.to_string());
     assert!(del.ok, "{} {}", del.out, del.stderr);
     assert!(
         has_link(&lab, &pb, "net1"),
@@ -194,12 +159,12 @@ fn gc_of_one_network_never_removes_another_networks_pods_on_a_shared_bridge() {
     let mut chk = ca.clone();
     chk["prevResult"] = rb.clone();
     assert!(
-        !cni("CHECK", &eb, &chk).ok,
+        !cni::plugin("CHECK", &eb, &chk.to_string()).ok,
         "CHECK via net-a must not find b"
     );
     let mut chk = cb.clone();
     chk["prevResult"] = rb;
-    let c = cni("CHECK", &eb, &chk);
+    let c = cni::plugin("CHECK", &eb, &chk.to_string());
     assert!(c.ok, "CHECK b via net-b: {} {}", c.out, c.stderr);
 }
 
@@ -283,7 +248,11 @@ fn configs_differing_only_in_vlan_do_not_reach_each_other() {
     let mut trunk = conf(&d, "trunk", "br-trunk", json!({"vlanTrunk": [{"id": 10}]}));
     trunk["cniVersion"] = json!("1.1.0");
     let pt = lab.netns("pt").unwrap();
-    let o = cni("ADD", &env("ct", &ns_path(&pt), "net1", "pt"), &trunk);
+    let o = cni::plugin(
+        "ADD",
+        &env("ct", &ns_path(&pt), "net1", "pt"),
+        &trunk.to_string(),
+    );
     assert!(!o.ok);
     assert_eq!(o.out["code"], 7, "{}", o.out);
     assert!(
@@ -323,9 +292,9 @@ fn del_then_add_recovers_after_an_orphaned_interface() {
         ],
     )
     .unwrap();
-    let blocked = cni("ADD", &eo, &ct);
+    let blocked = cni::plugin("ADD", &eo, &ct.to_string());
     assert!(!blocked.ok, "ADD over an existing eth0 must fail");
-    let del = cni("DEL", &eo, &ct);
+    let del = cni::plugin("DEL", &eo, &ct.to_string());
     assert!(del.ok, "DEL: {} {}", del.out, del.stderr);
     assert!(!has_link(&lab, &po, "eth0"), "DEL left the orphaned eth0");
     assert!(
@@ -342,7 +311,7 @@ fn del_then_add_recovers_after_an_orphaned_interface() {
     lab.stop(d.pid());
     d = lab.daemon(&node, "").unwrap();
     for (e, c, ns) in [(&et, &ct, &pt), (&ep, &cp, &pp), (&eo, &ct, &po)] {
-        let del = cni("DEL", e, c);
+        let del = cni::plugin("DEL", e, &c.to_string());
         assert!(del.ok, "DEL after crash: {} {}", del.out, del.stderr);
         assert!(
             !has_link(&lab, ns, "eth0"),
@@ -483,12 +452,12 @@ fn del_forgets_a_port_whose_pod_went_away_while_the_daemon_was_down() {
     // GC of another network on the same bridge leaves it alone; DEL of its own forgets it.
     let mut gc = conf(&d, "other", "br-down", json!({}));
     gc["cni.dev/valid-attachments"] = json!([]);
-    assert!(cni("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc).ok);
+    assert!(cni::plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc.to_string()).ok);
     assert!(
         state(&d, "c-gone").is_some(),
         "another network's GC took it"
     );
-    let del = cni("DEL", &eg, &c);
+    let del = cni::plugin("DEL", &eg, &c.to_string());
     assert!(del.ok, "{} {}", del.out, del.stderr);
     assert_eq!(state(&d, "c-gone"), None, "DEL left the gone port listed");
     let allocs = d.ctl_json(&["ipam", "show", "br-down"]).unwrap();

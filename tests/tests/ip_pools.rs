@@ -19,16 +19,15 @@
 //! `ipam release --leaked`: no inconsistency, every address a restored attachment's or released;
 //! and borrowing through the plugin when a node's /29 is full (refused with strictAffinity).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vswitch_lab::cni::{self, Outcome, CNI_PATH};
 use vswitch_lab::topo::{self, Etcd, Node};
-use vswitch_lab::{bin, require_root, Daemon, Lab};
+use vswitch_lab::{require_root, Daemon, Lab};
 
 const NET: &str = "pods";
-const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
 
 const POOLS: &str = r#"
 apiVersion: projectcalico.org/v3
@@ -77,47 +76,6 @@ spec:
   nodeSelector: "!all()"
 "#;
 
-struct Outcome {
-    ok: bool,
-    out: Value,
-    stderr: String,
-}
-
-impl Outcome {
-    fn ip(&self) -> String {
-        let a = self.out["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("ADD gave no address: {} {}", self.out, self.stderr));
-        a.split('/').next().unwrap().to_string()
-    }
-}
-
-fn plugin(cmd: &str, env: &[(&str, String)], stdin: &Value) -> Outcome {
-    let mut c = Command::new(bin("vswitch"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    Outcome {
-        ok: o.status.success(),
-        out: serde_json::from_slice(&o.stdout).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&o.stderr).to_string(),
-    }
-}
-
 fn conf(d: &Daemon, cni_args: Value) -> Value {
     json!({
         "cniVersion": "1.0.0",
@@ -145,12 +103,20 @@ fn env(cid: &str, netns: &str, k8s_ns: &str) -> Vec<(&'static str, String)> {
 /// CNI ADD of a new pod namespace `short` (container id = short) on `d`.
 fn add(lab: &mut Lab, d: &Daemon, short: &str, k8s_ns: &str, cni_args: Value) -> (String, Outcome) {
     let ns = lab.netns(short).unwrap();
-    let o = plugin("ADD", &env(short, &ns, k8s_ns), &conf(d, cni_args));
+    let o = cni::plugin(
+        "ADD",
+        &env(short, &ns, k8s_ns),
+        &conf(d, cni_args).to_string(),
+    );
     (ns, o)
 }
 
 fn del(d: &Daemon, short: &str, ns: &str) {
-    let o = plugin("DEL", &env(short, ns, "default"), &conf(d, json!({})));
+    let o = cni::plugin(
+        "DEL",
+        &env(short, ns, "default"),
+        &conf(d, json!({})).to_string(),
+    );
     assert!(o.ok, "DEL {short}: {} {}", o.out, o.stderr);
 }
 
@@ -439,7 +405,7 @@ fn pools_on_the_embedded_store() {
     let mut gc = conf(&d0, json!({}));
     gc["cniVersion"] = json!("1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "a0", "ifname": "eth0"}]);
-    let o = plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc);
+    let o = cni::plugin("GC", &[("CNI_PATH", CNI_PATH.to_string())], &gc.to_string());
     assert!(o.ok, "GC: {} {}", o.out, o.stderr);
     let chk = d0.ctl_json(&["ipam", "check"]).unwrap();
     assert_eq!(chk["addresses"], 1, "only a0's address is left: {chk}");
@@ -477,7 +443,7 @@ fn kill_9_during_allocation_leaks_nothing_after_check() {
                 let c = &c;
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_millis(20 * i as u64));
-                    plugin("ADD", &env(&format!("k{i}"), ns, "default"), c)
+                    cni::plugin("ADD", &env(&format!("k{i}"), ns, "default"), &c.to_string())
                 })
             })
             .collect();

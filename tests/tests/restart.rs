@@ -12,48 +12,18 @@
 //! - `port list` shows every pod as `restored`, and `ipam show` is unchanged;
 //! - CNI DEL then ADD of both pods works (the interface goes away, comes back, and pings).
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use vswitch_lab::cni;
 use vswitch_lab::topo::{self};
-use vswitch_lab::{bin, require_root, Daemon, Lab};
+use vswitch_lab::{require_root, Daemon, Lab};
 
-const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
 const NET_TOML: &str =
     "[[network]]\nname = \"net\"\nkind = \"l2\"\nsubnet = \"192.168.7.0/24\"\nvni = 700\n";
 /// The n2 pod (static address, `port add`).
 const REMOTE_IP: &str = "192.168.7.50";
-
-/// One CNI plugin invocation: success and the JSON it printed.
-fn cni(cmd: &str, cid: &str, netns: &str, conf: &Value) -> (bool, Value, String) {
-    let mut c = Command::new(bin("vswitch"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", format!("/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", CNI_PATH)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    (
-        o.status.success(),
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
 
 fn conf(d: &Daemon, attach: &str) -> Value {
     json!({
@@ -69,8 +39,15 @@ fn conf(d: &Daemon, attach: &str) -> Value {
 
 /// ADD through the plugin; the pod's IP.
 fn add(d: &Daemon, cid: &str, ns: &str, attach: &str) -> String {
-    let (ok, out, err) = cni("ADD", cid, ns, &conf(d, attach));
-    assert!(ok, "ADD {cid}: {out} {err}\n{}", d.log_tail(30));
+    let o = cni::call("ADD", cid, ns, &conf(d, attach));
+    assert!(
+        o.ok,
+        "ADD {cid}: {} {}\n{}",
+        o.out,
+        o.stderr,
+        d.log_tail(30)
+    );
+    let out = o.out;
     out["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
@@ -318,8 +295,8 @@ fn scenario(test: &str, how: Stop) {
 
     // DEL then ADD (a runtime's recovery) works on restored pods of both kinds.
     for (cid, ns, attach) in [("cid-tap", &pt, "tap"), ("cid-afp", &pa, "af_packet")] {
-        let (ok, out, err) = cni("DEL", cid, ns, &conf(&d1, attach));
-        assert!(ok, "{test}: DEL {cid}: {out} {err}");
+        let o = cni::call("DEL", cid, ns, &conf(&d1, attach));
+        assert!(o.ok, "{test}: DEL {cid}: {} {}", o.out, o.stderr);
         let links = lab.link_names(ns).unwrap();
         assert!(
             !links.iter().any(|l| l == "eth0"),
