@@ -685,40 +685,40 @@ impl Worker {
         }
     }
 
-    fn rx_vxlan(&mut self) -> Rx {
-        let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
-            return Rx::DRAINED;
-        };
-        // The 8-byte VXLAN header lands just before HEADROOM, so the inner frame starts there.
-        let at = HEADROOM - encap::VXLAN_HDR_LEN;
+    /// The receive loop of the underlay sockets: up to four batches of pool buffers, filled
+    /// at offset `at` by `recv` (one `recvmmsg`), each received one handed to `each` with what
+    /// `recv` reported of it, then `batch_done` (which flushes receive coalescing).
+    fn rx_underlay<R: Copy + Default, const B: usize>(
+        &mut self,
+        at: usize,
+        mut recv: impl FnMut(&mut [std::io::IoSliceMut<'_>], &mut [R; B]) -> io::Result<usize>,
+        mut each: impl FnMut(&mut Engine, &mut dyn TxIo, BufIdx, R),
+        mut batch_done: impl FnMut(&mut Engine, &mut dyn TxIo),
+    ) -> Rx {
         let mut total = 0;
         for _ in 0..4 {
-            let mut bufs = [0 as BufIdx; inet::BATCH];
+            let mut bufs = [0 as BufIdx; B];
             let k = alloc_many(&mut self.engine.pool, &mut bufs);
             if k == 0 {
                 self.engine.drops.inc(DropReason::BufferPoolEmpty);
                 break;
             }
-            let mut out = [inet::Received::default(); inet::BATCH];
+            let mut out = [R::default(); B];
             let got = self
                 .engine
                 .pool
                 .mem_mut()
-                .with_slices_mut(&bufs[..k], at, |s| match up.vxlan_rx.get(self.id) {
-                    Some(sock) => sock.recv_batch(s, &mut out),
-                    None => Ok(0),
-                })
+                .with_slices_mut(&bufs[..k], at, |s| recv(s, &mut out))
                 .unwrap_or(0);
             for (i, b) in bufs[..k].iter().enumerate() {
                 if i < got {
                     let r = out[i];
-                    self.with_tx(|e, tx| {
-                        e.rx_vxlan(tx, *b, at, r.len, (r.src, r.port), r.gro_size)
-                    });
+                    self.with_tx(|e, tx| each(e, tx, *b, r));
                 } else {
                     self.engine.pool.release(*b);
                 }
             }
+            self.with_tx(&mut batch_done);
             total += got;
             if got < k {
                 return Rx {
@@ -734,6 +734,23 @@ impl Worker {
         }
     }
 
+    fn rx_vxlan(&mut self) -> Rx {
+        let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
+            return Rx::DRAINED;
+        };
+        let Some(sock) = up.vxlan_rx.get(self.id) else {
+            return Rx::DRAINED;
+        };
+        // The 8-byte VXLAN header lands just before HEADROOM, so the inner frame starts there.
+        let at = HEADROOM - encap::VXLAN_HDR_LEN;
+        self.rx_underlay::<inet::Received, { inet::BATCH }>(
+            at,
+            |s, out| sock.recv_batch(s, out),
+            |e, tx, b, r| e.rx_vxlan(tx, b, at, r.len, (r.src, r.port), r.gro_size),
+            |_, _| {},
+        )
+    }
+
     fn rx_ipip(&mut self) -> Rx {
         let Some(up) = self.engine.uplink.as_ref().map(|u| u.up.clone()) else {
             return Rx::DRAINED;
@@ -741,43 +758,12 @@ impl Worker {
         // Outer IPv4 header (20 bytes without options) lands before HEADROOM; the inner packet
         // at HEADROOM, with room for the Ethernet header in front of it.
         let at = HEADROOM - ipv4::MIN_HEADER_LEN;
-        let mut total = 0;
-        for _ in 0..4 {
-            let mut bufs = [0 as BufIdx; inet::BATCH];
-            let k = alloc_many(&mut self.engine.pool, &mut bufs);
-            if k == 0 {
-                self.engine.drops.inc(DropReason::BufferPoolEmpty);
-                break;
-            }
-            let mut out = [inet::Received::default(); inet::BATCH];
-            let got = self
-                .engine
-                .pool
-                .mem_mut()
-                .with_slices_mut(&bufs[..k], at, |s| up.ipip_rx.recv_batch(s, &mut out))
-                .unwrap_or(0);
-            for (i, b) in bufs[..k].iter().enumerate() {
-                if i < got {
-                    let r = out[i];
-                    self.with_tx(|e, tx| e.rx_ipip(tx, *b, at, r.len, r.src));
-                } else {
-                    self.engine.pool.release(*b);
-                }
-            }
-            self.with_tx(|e, tx| e.gro_flush(tx));
-            total += got;
-            if got < k {
-                return Rx {
-                    frames: total,
-                    more: false,
-                };
-            }
-        }
-        // The budget ran out (or the pool did) with frames possibly still queued.
-        Rx {
-            frames: total,
-            more: true,
-        }
+        self.rx_underlay::<inet::Received, { inet::BATCH }>(
+            at,
+            |s, out| up.ipip_rx.recv_batch(s, out),
+            |e, tx, b, r| e.rx_ipip(tx, b, at, r.len, r.src),
+            |e, tx| e.gro_flush(tx),
+        )
     }
 
     fn rx_direct(&mut self) -> Rx {
@@ -788,42 +774,12 @@ impl Worker {
             return Rx::DRAINED;
         };
         let at = HEADROOM - VNET_HDR_LEN;
-        let mut total = 0;
-        for _ in 0..4 {
-            let mut bufs = [0 as BufIdx; crate::sys::packet::BATCH];
-            let k = alloc_many(&mut self.engine.pool, &mut bufs);
-            if k == 0 {
-                self.engine.drops.inc(DropReason::BufferPoolEmpty);
-                break;
-            }
-            let mut out = [(0usize, false); crate::sys::packet::BATCH];
-            let got = self
-                .engine
-                .pool
-                .mem_mut()
-                .with_slices_mut(&bufs[..k], at, |s| sock.recv_batch(s, &mut out))
-                .unwrap_or(0);
-            for (i, b) in bufs[..k].iter().enumerate() {
-                if i < got {
-                    let len = out[i].0;
-                    self.with_tx(|e, tx| e.rx_direct(tx, *b, at, len));
-                } else {
-                    self.engine.pool.release(*b);
-                }
-            }
-            total += got;
-            if got < k {
-                return Rx {
-                    frames: total,
-                    more: false,
-                };
-            }
-        }
-        // The budget ran out (or the pool did) with frames possibly still queued.
-        Rx {
-            frames: total,
-            more: true,
-        }
+        self.rx_underlay::<(usize, bool), { crate::sys::packet::BATCH }>(
+            at,
+            |s, out| sock.recv_batch(s, out),
+            |e, tx, b, (len, _)| e.rx_direct(tx, b, at, len),
+            |_, _| {},
+        )
     }
 
     fn apply_learned(&mut self) {
