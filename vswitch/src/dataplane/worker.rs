@@ -194,12 +194,7 @@ impl WorkerHandle {
     /// Applies `cmd` on the worker and waits until it has (bounded wait: a wedged worker must not
     /// hang the control plane forever).
     pub fn call(&self, cmd: Command) -> io::Result<()> {
-        let (ack_tx, ack_rx) = mpsc::channel();
-        self.tx
-            .send((cmd, ack_tx))
-            .map_err(|_| io::Error::other(format!("worker {} has stopped", self.id)))?;
-        self.wake.notify();
-        ack_rx
+        self.send(cmd)?
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| io::Error::other(format!("worker {} did not answer in 5 s", self.id)))
     }
@@ -207,12 +202,17 @@ impl WorkerHandle {
     /// Like [`WorkerHandle::call`] without waiting for the worker to have carried it out: for
     /// commands whose effect nothing waits on (a new port's gratuitous ARP).
     pub fn post(&self, cmd: Command) -> io::Result<()> {
-        let (ack_tx, _) = mpsc::channel();
+        self.send(cmd).map(drop)
+    }
+
+    /// Queues `cmd` and wakes the worker; the receiver gets the worker's acknowledgement.
+    fn send(&self, cmd: Command) -> io::Result<mpsc::Receiver<()>> {
+        let (ack_tx, ack_rx) = mpsc::channel();
         self.tx
             .send((cmd, ack_tx))
             .map_err(|_| io::Error::other(format!("worker {} has stopped", self.id)))?;
         self.wake.notify();
-        Ok(())
+        Ok(ack_rx)
     }
 
     pub fn shutdown(mut self) {
