@@ -1,7 +1,8 @@
 //! SPEC4 TCP across nodes: iperf3 (3 s, both directions) between pods on two nodes of one rack
 //! over VXLAN (L2 network), IPIP (L3, mode always) and direct routing (L3, mode never, same
 //! underlay subnet). Before the transfer, a ping is captured on the underlay and decoded by
-//! tshark to prove the wire format. Each transfer must complete at > 20 Mbit/s.
+//! tshark to prove the wire format. Each transfer must complete at > 20 Mbit/s, and 16 MiB go
+//! each way with the payload verified (SHA-256 at both ends).
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,12 @@ fn scenario(test: &str, network_toml: &str, ips: [&str; 2], want: Wire) {
                     }
                 }
                 Err(e) => problems.push(format!("{dir}: {e}")),
+            }
+        }
+        // The payload itself, both ways: SHA-256 of what was sent against what arrived.
+        for (k, (from, to)) in [(c, s), (s, c)].into_iter().enumerate() {
+            if let Err(e) = lab.tcp_transfer(&to.ns, &to.ip, &from.ns, 9200 + k as u16, 16 << 20) {
+                problems.push(format!("payload {} -> {}: {e:#}", from.ip, to.ip));
             }
         }
     }

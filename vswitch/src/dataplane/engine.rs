@@ -53,6 +53,8 @@ struct Pending {
     /// The head frame; grows as payloads are appended behind it.
     desc: Desc,
     run: Run,
+    /// The head segment's checksum is still partial (a run of one leaves that way).
+    partial: bool,
 }
 
 pub struct Engine {
@@ -532,13 +534,12 @@ impl Engine {
     fn gro_push(&mut self, io: &mut dyn TxIo, origin: Origin, d: Desc) {
         let seg = TcpSeg::of(self.pool.frame(d));
         if let Some(seg) = seg {
-            // Every merged segment's checksum is verified: the superframe goes on partial.
-            match gso::verify(self.pool.frame(d), &seg.lay) {
-                Verified::Good => {}
-                Verified::Partial if self.pool.mem().writable(d.buf) => {
-                    let l = seg.lay;
-                    gso::complete_partial(self.pool.frame_mut(d), l.l4, l.csum_field() - l.l4);
-                }
+            // Every merged segment's checksum is verified: the superframe goes on partial. A
+            // segment a sender left partial (a kernel peer on a veth underlay, or a vswitch
+            // peer) is merged as it is: the superframe's checksum is partial anyway.
+            let partial = match gso::verify(self.pool.frame(d), &seg.lay) {
+                Verified::Good => false,
+                Verified::Partial if self.pool.mem().writable(d.buf) => true,
                 Verified::Partial => {
                     // Cannot rewrite it now: the egress completes it.
                     self.gro_flush(io);
@@ -553,7 +554,7 @@ impl Engine {
                     self.deliver(io, origin, d, Offload::NONE);
                     return;
                 }
-            }
+            };
             if let Some(p) = self.pending {
                 let at = (p.desc.off + p.desc.len) as usize;
                 let fits = p.origin == origin
@@ -579,6 +580,7 @@ impl Engine {
                 origin,
                 desc: d,
                 run,
+                partial,
             });
             return;
         }
@@ -606,7 +608,16 @@ impl Engine {
     pub fn gro_flush(&mut self, io: &mut dyn TxIo) {
         let Some(p) = self.pending.take() else { return };
         let off = if self.pool.mem().writable(p.desc.buf) {
-            p.run.finish(self.pool.frame_mut(p.desc))
+            let lay = p.run.head.lay;
+            let outer = overlay::overhead(matches!(p.origin, Origin::Vxlan { .. }));
+            let path = usize::from(self.switch.underlay_mtu().unwrap_or(1500));
+            let max_payload = path.saturating_sub(outer + lay.payload - lay.l3);
+            match p.run.finish(self.pool.frame_mut(p.desc), max_payload) {
+                // A run of one whose checksum the sender left partial: its egress completes
+                // it if it cannot take it partial.
+                o if p.partial && !o.is_gso() => partial_at(p.run.head.lay),
+                o => o,
+            }
         } else {
             // Only a run of one can be here (appending needs the buffer writable too).
             Offload::NONE

@@ -156,9 +156,14 @@ impl Run {
     /// Rewrites the head's headers for the whole run (the payloads follow it contiguously in
     /// `frame`) and returns the offload metadata to send it with: a GSO superframe with a
     /// partial checksum, or, for a run of one, a frame whose checksum is known good.
-    pub fn finish(&self, frame: &mut [u8]) -> Offload {
+    ///
+    /// `max_payload` is the most TCP payload one packet of the path may carry. A run of one
+    /// larger than that is a superframe too: a kernel peer on a veth underlay hands its GSO
+    /// packets over whole (one datagram holding 64 KiB of inner TCP), and an egress that takes
+    /// no superframe must then cut it into segments of at most `max_payload` bytes.
+    pub fn finish(&self, frame: &mut [u8], max_payload: usize) -> Offload {
         let h = &self.head;
-        if self.count == 1 {
+        if self.count == 1 && h.payload_len <= max_payload.max(1) {
             return Offload {
                 csum: Csum::Valid,
                 ..Offload::NONE
@@ -184,7 +189,7 @@ impl Run {
         set_be16(frame, field..field + 2, pseudo);
         Offload {
             gso: if lay.v6 { Gso::Tcp6 } else { Gso::Tcp4 },
-            gso_size: h.payload_len as u16,
+            gso_size: h.payload_len.min(max_payload.max(1)) as u16,
             ecn: false,
             csum: Csum::Partial {
                 start: lay.l4 as u16,
@@ -244,7 +249,7 @@ mod tests {
             out.extend_from_slice(&s[seg.lay.payload..]);
             run.push(s, &seg);
         }
-        let o = run.finish(&mut out);
+        let o = run.finish(&mut out, usize::MAX);
         assert_eq!(run.count, plan.count);
         if plan.count > 1 {
             assert_eq!(o.gso_size, mss);
@@ -267,6 +272,38 @@ mod tests {
             roundtrip(v6, len, mss);
         }
         roundtrip(false, 60000, 1448);
+    }
+
+    #[test]
+    fn a_run_of_one_larger_than_the_path_is_a_superframe() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..20000u32).map(|i| (i * 7) as u8).collect();
+            let (mut f, _) = tcp_superframe(v6, &payload, 0x18, 12);
+            let run = Run::start(&f, TcpSeg::of(&f).unwrap());
+            let o = run.finish(&mut f, 1398);
+            assert_eq!(o.gso, if v6 { Gso::Tcp6 } else { Gso::Tcp4 });
+            assert_eq!(o.gso_size, 1398);
+            assert!(matches!(o.csum, Csum::Partial { offset: 16, .. }));
+            // An egress without TSO cuts it into good segments of at most 1398 bytes.
+            let plan = Plan::new(&f, &o).unwrap();
+            assert_eq!(plan.count, payload.len().div_ceil(1398));
+            let mut got = Vec::new();
+            for k in 0..plan.count {
+                let mut h = [0u8; MAX_HDR];
+                plan.write_header(&f, k, &mut h, false).unwrap();
+                let mut seg = h[..plan.hdr_len()].to_vec();
+                seg.extend_from_slice(&f[plan.payload(k)]);
+                let lay = Layout::of(&seg).unwrap();
+                assert_eq!(verify(&seg, &lay), Verified::Good);
+                assert!(seg.len() - lay.payload <= 1398);
+                got.extend_from_slice(&seg[lay.payload..]);
+            }
+            assert_eq!(got, payload);
+            // A frame that fits the path stays a plain frame.
+            let (mut small, _) = tcp_superframe(v6, &payload[..1000], 0x10, 0);
+            let run = Run::start(&small, TcpSeg::of(&small).unwrap());
+            assert_eq!(run.finish(&mut small, 1398).gso, Gso::None);
+        }
     }
 
     #[test]
