@@ -22,7 +22,7 @@ use super::underlay::{Sock, UnderlayTx, HDR_SLOT};
 use crate::observe::hub::{SessionMask, WorkerTrace};
 use crate::packet::gro::{Run, TcpSeg};
 use crate::packet::gso::{self, Layout, Plan, Verified};
-use crate::packet::offload::{Csum, Offload, VNET_HDR_LEN};
+use crate::packet::offload::{Csum, Gso, Offload, VNET_HDR_LEN};
 use crate::packet::{encap, ethernet, ipv4};
 
 /// Most segments in one `UDP_SEGMENT` send (the kernel's UDP_MAX_SEGMENTS is 64 on older
@@ -382,7 +382,15 @@ impl Engine {
         (src, sport): (Ipv4Addr, u16),
         gro_size: u16,
     ) {
-        let step = if gro_size == 0 {
+        let whole = whole_inner_packet(&self.pool.buf(buf)[at..at + len]);
+        if let Some(lay) = whole.filter(|l| gro_size > 0 && !l.is_tcp()) {
+            self.rx_vxlan_udp_superframe(io, buf, at, len, (src, sport), gro_size, lay);
+            return;
+        }
+        // A kernel peer on a veth underlay hands its GSO packets over whole (one datagram, one
+        // inner superframe), and `UDP_GRO` then reports the inner segment size, which is no
+        // stride: such a datagram is one step.
+        let step = if gro_size == 0 || whole.is_some() {
             len
         } else {
             usize::from(gro_size)
@@ -416,6 +424,45 @@ impl Engine {
             );
         }
         self.gro_flush(io);
+        self.pool.release(buf);
+    }
+
+    /// One VXLAN datagram holding a whole inner UDP superframe (a kernel peer's UDP GSO packet
+    /// that crossed a veth underlay unsegmented; `seg` is its datagram size, which the kernel
+    /// reports through `UDP_GRO`): delivered as a UDP superframe, never split, since the
+    /// datagram boundaries are the application's.
+    #[allow(clippy::too_many_arguments)]
+    fn rx_vxlan_udp_superframe(
+        &mut self,
+        io: &mut dyn TxIo,
+        buf: BufIdx,
+        at: usize,
+        len: usize,
+        (src, sport): (Ipv4Addr, u16),
+        seg: u16,
+        lay: Layout,
+    ) {
+        self.gro_flush(io);
+        match self
+            .overlay
+            .demux_vxlan(src, &self.pool.buf(buf)[at..at + len])
+        {
+            Ok((peer, domain)) => {
+                let inner = Desc::at(buf, at + encap::VXLAN_HDR_LEN, len - encap::VXLAN_HDR_LEN);
+                let off = Offload {
+                    gso: Gso::Udp,
+                    gso_size: seg,
+                    ..partial_at(lay)
+                };
+                let origin = Origin::Vxlan {
+                    domain,
+                    peer,
+                    sport,
+                };
+                self.deliver(io, origin, inner, off);
+            }
+            Err(r) => self.drops.inc(r),
+        }
         self.pool.release(buf);
     }
 
@@ -1296,6 +1343,21 @@ fn offload_info(o: &Offload) -> OffloadInfo {
 }
 
 /// Offload metadata of a frame whose L4 checksum is known to be partial.
+/// The layout of the inner frame of VXLAN datagram `dgram` when the datagram holds exactly one
+/// inner IP packet (its IP length accounts for every byte), as opposed to the first of a
+/// `UDP_GRO` train.
+fn whole_inner_packet(dgram: &[u8]) -> Option<Layout> {
+    let inner = dgram.get(encap::VXLAN_HDR_LEN..)?;
+    let lay = Layout::of(inner)?;
+    let l3 = lay.l3;
+    let ip_len = if lay.v6 {
+        usize::from(crate::packet::be16(inner, l3 + 4..l3 + 6)) + 40
+    } else {
+        usize::from(crate::packet::be16(inner, l3 + 2..l3 + 4))
+    };
+    (l3 + ip_len == inner.len()).then_some(lay)
+}
+
 fn partial_at(l: Layout) -> Offload {
     Offload {
         csum: Csum::Partial {
