@@ -58,7 +58,8 @@ pub fn pod_addr(lab: &Lab, ns: &str, ifname: &str, cidr: &str, mtu: Option<u32>)
     Ok(())
 }
 
-fn pods(p: &mut Pair) -> Result<()> {
+/// Pod namespaces `a` (client) and `b` (server), each with `eth0` to come.
+pub fn pods(p: &mut Pair) -> Result<()> {
     p.client_ns = p.lab.netns("a")?;
     p.server_ns = p.lab.netns("b")?;
     p.client_if = "eth0".into();
@@ -113,7 +114,7 @@ fn bridge_node(
     Ok(())
 }
 
-fn bridge_nf_note(p: &mut Pair, node: &str) {
+pub fn bridge_nf_note(p: &mut Pair, node: &str) {
     // Per network namespace on recent kernels; "n/a" when br_netfilter is not loaded.
     let nf = quick_ok(
         &mut in_netns(
@@ -173,23 +174,35 @@ pub fn vxlan(p: &mut Pair, spec: Spec) -> Result<()> {
         .into_iter()
         .enumerate()
     {
-        bridge_node(&p.lab, node, &[(pod, addr)], spec.offloads_off, Some(1450))?;
-        let (local, remote) = (UNDERLAY[k], UNDERLAY[1 - k]);
-        ip(
-            &p.lab,
-            &[
-                "-n", node, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local,
-                "remote", remote, "dstport", "4789", "dev", "ul0",
-            ],
-        )?;
-        ip(
-            &p.lab,
-            &["-n", node, "link", "set", "vx0", "master", "br0", "up"],
-        )?;
-        if spec.offloads_off {
-            offloads_off(&p.lab, node, "vx0")?;
-        }
+        vxlan_node(&p.lab, node, pod, addr, k, spec.offloads_off)?;
     }
     bridge_nf_note(p, &n1);
+    Ok(())
+}
+
+/// VNI and UDP port of the kernel VXLAN nodes.
+pub const KERNEL_VNI: u32 = 42;
+
+/// Node `k` (underlay address `UNDERLAY[k]`) of flannel's path: a bridge with the pod's veth
+/// (`eth0` in `pod` with `addr`/24, MTU 1450) and a kernel VXLAN device `vx0` (VNI 42, port
+/// 4789, static remote: the other node).
+pub fn vxlan_node(lab: &Lab, node: &str, pod: &str, addr: &str, k: usize, off: bool) -> Result<()> {
+    bridge_node(lab, node, &[(pod, addr)], off, Some(1450))?;
+    let (local, remote) = (UNDERLAY[k], UNDERLAY[1 - k]);
+    let vni = KERNEL_VNI.to_string();
+    ip(
+        lab,
+        &[
+            "-n", node, "link", "add", "vx0", "type", "vxlan", "id", &vni, "local", local,
+            "remote", remote, "dstport", "4789", "dev", "ul0",
+        ],
+    )?;
+    ip(
+        lab,
+        &["-n", node, "link", "set", "vx0", "master", "br0", "up"],
+    )?;
+    if off {
+        offloads_off(lab, node, "vx0")?;
+    }
     Ok(())
 }

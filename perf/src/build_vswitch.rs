@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use vswitch_lab::topo::Node;
 use vswitch_lab::{Daemon, Lab};
 
-use crate::build_kernel::{two_nodes, UNDERLAY};
+use crate::build_kernel::{self, two_nodes, UNDERLAY};
 use crate::procs::{alive, check_interrupt, tail};
 use crate::systems::{Attach, Overlay, Pair, Spec, CLIENT_IP, SERVER_IP, SUBNET};
 
@@ -204,5 +204,60 @@ pub fn overlay(p: &mut Pair, spec: Spec, o: Overlay) -> Result<()> {
         )?;
         keep(p, d);
     }
+    Ok(())
+}
+
+/// A vswitch node and a kernel VXLAN node (flannel's path) in one L2 network, VNI 42 on port
+/// 4789: the mixed cluster of a migration from flannel. Node 1 (vswitchd, tap pod) holds the
+/// client when `vswitch_sends`, else the server; the kernel node's underlay veth keeps its
+/// default offloads, so its GSO packets reach vswitchd whole.
+pub fn mixed(p: &mut Pair, spec: Spec, vswitch_sends: bool) -> Result<()> {
+    build_kernel::pods(p)?;
+    let (n1, n2) = two_nodes(p, false)?;
+    let nodes = [
+        Node {
+            name: "n1".into(),
+            ns: n1.clone(),
+            ip: UNDERLAY[0].into(),
+            subnet: "10.250.0.0/24".into(),
+        },
+        Node {
+            name: "n2".into(),
+            ns: n2.clone(),
+            ip: UNDERLAY[1].into(),
+            subnet: "10.250.0.0/24".into(),
+        },
+    ];
+    let (vs_pod, vs_ip, k_pod, k_ip) = if vswitch_sends {
+        (
+            p.client_ns.clone(),
+            CLIENT_IP,
+            p.server_ns.clone(),
+            SERVER_IP,
+        )
+    } else {
+        (
+            p.server_ns.clone(),
+            SERVER_IP,
+            p.client_ns.clone(),
+            CLIENT_IP,
+        )
+    };
+    build_kernel::vxlan_node(&p.lab, &n2, &k_pod, k_ip, 1, false)?;
+    build_kernel::bridge_nf_note(p, &n2);
+    let cfg = format!(
+        "{}workers = {}
+
+{}{}[[network]]\nname = \"net\"\nkind = \"l2\"\nsubnet = \"{SUBNET}\"\n\
+         vni = {}\n",
+        extra_toml(),
+        workers(spec.workers),
+        nodes[0].node_toml(Some(4789)),
+        nodes[1].peer_toml(&[]),
+        build_kernel::KERNEL_VNI,
+    );
+    let d = start(&mut p.lab, &n1, &cfg)?;
+    add_port(&d, &vs_pod, "net", "eth0", "p1", vs_ip, None)?;
+    keep(p, d);
     Ok(())
 }

@@ -36,6 +36,9 @@ pub enum Kind {
     Vswitch { client: Attach, server: Attach },
     /// vswitchd on two nodes; the network's overlay.
     VswitchOverlay(Overlay),
+    /// vswitchd on one node, flannel's kernel path on the other, one L2 VXLAN network; the
+    /// vswitch pod is the client (sender) when `vswitch_sends`.
+    MixedVxlan { vswitch_sends: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,6 +161,10 @@ pub const SPECS: &[Spec] = &[
     ov("vs-vxlan-l3", Overlay::VxlanL3, 1, "2 nodes, L3 network, VXLAN (mode always), 1 worker"),
     ov("vs-direct", Overlay::DirectL3, 1, "2 nodes, L3 network, direct routing (mode never), 1 worker"),
     ov("vs-vxlan-wN", Overlay::VxlanL2, 0, "as vs-vxlan, N workers"),
+    k("vs-to-kvxlan", Kind::MixedVxlan { vswitch_sends: true }, false,
+        "2 nodes: vswitchd (tap pod A) and flannel's kernel path (pod B), one VXLAN network"),
+    k("kvxlan-to-vs", Kind::MixedVxlan { vswitch_sends: false }, false,
+        "as vs-to-kvxlan, pod A on the kernel node, pod B on vswitchd"),
 ];
 
 /// Resolves a list of system names (`all` = every system; duplicates removed, order kept).
@@ -254,6 +261,7 @@ pub fn build(spec: Spec) -> Result<Pair> {
         Kind::OvsVxlan => build_ovs::vxlan(&mut p, spec)?,
         Kind::Vswitch { client, server } => build_vswitch::single(&mut p, spec, client, server)?,
         Kind::VswitchOverlay(o) => build_vswitch::overlay(&mut p, spec, o)?,
+        Kind::MixedVxlan { vswitch_sends } => build_vswitch::mixed(&mut p, spec, vswitch_sends)?,
     }
     check_interrupt()?;
     // Warm-up: ARP, MAC learning, OVS's tunnel neighbour cache.
