@@ -246,9 +246,7 @@ pub fn mixed(p: &mut Pair, spec: Spec, vswitch_sends: bool) -> Result<()> {
     build_kernel::vxlan_node(&p.lab, &n2, &k_pod, k_ip, 1, false)?;
     build_kernel::bridge_nf_note(p, &n2);
     let cfg = format!(
-        "{}workers = {}
-
-{}{}[[network]]\nname = \"net\"\nkind = \"l2\"\nsubnet = \"{SUBNET}\"\n\
+        "{}workers = {}\n\n{}{}[[network]]\nname = \"net\"\nkind = \"l2\"\nsubnet = \"{SUBNET}\"\n\
          vni = {}\n",
         extra_toml(),
         workers(spec.workers),
