@@ -180,7 +180,7 @@ pub fn vxlan(p: &mut Pair, spec: Spec) -> Result<()> {
     Ok(())
 }
 
-/// VNI and UDP port of the kernel VXLAN nodes.
+/// VNI of the kernel VXLAN nodes (their UDP port is 4789).
 pub const KERNEL_VNI: u32 = 42;
 
 /// Node `k` (underlay address `UNDERLAY[k]`) of flannel's path: a bridge with the pod's veth

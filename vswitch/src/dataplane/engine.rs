@@ -382,14 +382,18 @@ impl Engine {
         (src, sport): (Ipv4Addr, u16),
         gro_size: u16,
     ) {
-        let whole = whole_inner_packet(&self.pool.buf(buf)[at..at + len]);
-        if let Some(lay) = whole.filter(|l| gro_size > 0 && !l.is_tcp()) {
-            self.rx_vxlan_udp_superframe(io, buf, at, len, (src, sport), gro_size, lay);
-            return;
-        }
         // A kernel peer on a veth underlay hands its GSO packets over whole (one datagram, one
         // inner superframe), and `UDP_GRO` then reports the inner segment size, which is no
-        // stride: such a datagram is one step.
+        // stride: such a datagram is one step. An inner UDP superframe goes on as one with that
+        // datagram size, never merged or split (its datagram boundaries are the application's).
+        let whole = whole_inner_packet(&self.pool.buf(buf)[at..at + len]);
+        let udp_superframe = whole
+            .filter(|l| gro_size > 0 && !l.is_tcp())
+            .map(|l| Offload {
+                gso: Gso::Udp,
+                gso_size: gro_size,
+                ..partial_at(l)
+            });
         let step = if gro_size == 0 || whole.is_some() {
             len
         } else {
@@ -413,56 +417,20 @@ impl Engine {
                 start + encap::VXLAN_HDR_LEN,
                 dlen - encap::VXLAN_HDR_LEN,
             );
-            self.gro_push(
-                io,
-                Origin::Vxlan {
-                    domain,
-                    peer,
-                    sport,
-                },
-                inner,
-            );
-        }
-        self.gro_flush(io);
-        self.pool.release(buf);
-    }
-
-    /// One VXLAN datagram holding a whole inner UDP superframe (a kernel peer's UDP GSO packet
-    /// that crossed a veth underlay unsegmented; `seg` is its datagram size, which the kernel
-    /// reports through `UDP_GRO`): delivered as a UDP superframe, never split, since the
-    /// datagram boundaries are the application's.
-    #[allow(clippy::too_many_arguments)]
-    fn rx_vxlan_udp_superframe(
-        &mut self,
-        io: &mut dyn TxIo,
-        buf: BufIdx,
-        at: usize,
-        len: usize,
-        (src, sport): (Ipv4Addr, u16),
-        seg: u16,
-        lay: Layout,
-    ) {
-        self.gro_flush(io);
-        match self
-            .overlay
-            .demux_vxlan(src, &self.pool.buf(buf)[at..at + len])
-        {
-            Ok((peer, domain)) => {
-                let inner = Desc::at(buf, at + encap::VXLAN_HDR_LEN, len - encap::VXLAN_HDR_LEN);
-                let off = Offload {
-                    gso: Gso::Udp,
-                    gso_size: seg,
-                    ..partial_at(lay)
-                };
-                let origin = Origin::Vxlan {
-                    domain,
-                    peer,
-                    sport,
-                };
-                self.deliver(io, origin, inner, off);
+            let origin = Origin::Vxlan {
+                domain,
+                peer,
+                sport,
+            };
+            match udp_superframe {
+                Some(o) => {
+                    self.gro_flush(io);
+                    self.deliver(io, origin, inner, o);
+                }
+                None => self.gro_push(io, origin, inner),
             }
-            Err(r) => self.drops.inc(r),
         }
+        self.gro_flush(io);
         self.pool.release(buf);
     }
 
